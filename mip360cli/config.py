@@ -1,0 +1,441 @@
+"""The one configuration schema shared by every stage.
+
+Typed dataclasses with the paper's numbers as defaults (ALGORITHM.md), loaded
+from YAML (a file may name a ``base:`` file it extends), overridden by dotted
+``key=value`` arguments, validated with messages that name the key, the type
+it expects and, for unknown keys, the closest known ones.
+
+There is no global config object: :func:`load_config` returns a fresh
+:class:`Config` and stages pass on only the section a function needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+
+from .errors import UserError
+from .fsutil import atomic_write_text
+
+FORMATS = ("auto", "colmap", "llff", "transforms", "easymocap")
+
+
+@dataclass
+class DataConfig:
+    """Which images and cameras to use, and how to split them."""
+
+    format: Literal["auto", "colmap", "llff", "transforms", "easymocap"] = "auto"
+    """Camera format of the dataset folder; ``auto`` detects it."""
+    ratio: float = 1.0
+    """Image scale factor (images resized with INTER_AREA, intrinsics scaled)."""
+    frame_interval: int = 1
+    """Keep every k-th image (before the train/test split)."""
+    test_every: int = 8
+    """Hold out every n-th image (index % n == 0) for testing; 0 = no hold-out."""
+    easymocap_frame: int = 0
+    """EasyMocap only: which frame of each camera folder to use (sorted order)."""
+    near: float = 0.2
+    """Near distance of rays, in normalized scene units."""
+    far: float = 1e6
+    """Far distance of rays, in normalized scene units."""
+
+
+@dataclass
+class CacheConfig:
+    """The HDF5 ray cache written by ``mip360 preprocess``."""
+
+    path: str = ""
+    """Cache file; empty = ``DATA/mip360_cache.h5``."""
+    bucket_rays: int = 1 << 20
+    """Rays per pre-shuffled bucket (the unit training reads at once)."""
+    memory_mb: int = 1024
+    """Memory budget of the external shuffle; peak use does not grow with the data."""
+    workers: int = 4
+    """Threads decoding images in parallel."""
+    compression: int = 4
+    """gzip level of the cached rays (0 = none)."""
+    seed: int = 0
+    """Seed of the ray shuffle."""
+
+
+@dataclass
+class EncodingConfig:
+    """Positional encodings of points and view directions."""
+
+    basis: Literal["xyz", "icosahedron"] = "xyz"
+    """``xyz``: PE of contract(x) plus x; ``icosahedron``: multinerf's 21-direction basis."""
+    point_max_freq: int = 12
+    """Point frequencies 2^0 .. 2^(n-1)."""
+    view_max_freq: int = 4
+    """View-direction frequencies 2^0 .. 2^(n-1)."""
+
+
+@dataclass
+class ProposalConfig:
+    """The shared proposal MLP and its sampling levels."""
+
+    samples: list[int] = field(default_factory=lambda: [64, 64])
+    """Samples per proposal level (all levels share one MLP)."""
+    width: int = 256
+    depth: int = 4
+
+
+@dataclass
+class NerfConfig:
+    """The NeRF MLP evaluated on the last level."""
+
+    samples: int = 32
+    width: int = 1024
+    depth: int = 8
+    skip: int = 4
+    """The encoded input is concatenated to the output of this layer."""
+    bottleneck: int = 256
+    view_width: int = 128
+
+
+@dataclass
+class ModelConfig:
+    """Fields and sampling (ALGORITHM.md sections 3-5)."""
+
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    prop: ProposalConfig = field(default_factory=ProposalConfig)
+    nerf: NerfConfig = field(default_factory=NerfConfig)
+    dilation_bias: float = 0.0025
+    dilation_multiplier: float = 0.5
+    anneal_slope: float = 10.0
+    opaque_background: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Optimization (ALGORITHM.md section 7)."""
+
+    max_steps: int = 250_000
+    batch_rays: int = 16384
+    """Global batch, split over all ranks."""
+    lr_init: float = 2e-3
+    lr_final: float = 2e-5
+    lr_delay_steps: int = 512
+    lr_delay_mult: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-6
+    grad_max_norm: float = 1e-3
+    interlevel_weight: float = 1.0
+    distortion_weight: float = 0.01
+    seed: int = 0
+
+
+@dataclass
+class RenderConfig:
+    """Novel-view rendering."""
+
+    chunk_rays: int = 8192
+    """Rays rendered at once; bounds memory independently of image size."""
+
+
+@dataclass
+class EvalConfig:
+    """Scoring held-out views."""
+
+    split: Literal["test", "train"] = "test"
+
+
+@dataclass
+class Config:
+    """Every stage's options. ``mip360 <stage> --help`` lists the overrides."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Short names users of the earlier port know, mapped to their place in the schema.
+ALIASES: dict[str, str] = {
+    "ratio": "data.ratio",
+    "frame_interval": "data.frame_interval",
+    "test_every": "data.test_every",
+}
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+# ----------------------------------------------------------------------------- schema walking
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def dotted_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """All leaf keys of the schema, dotted (``train.lr_init``)."""
+    keys = []
+    for name, tp in _field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += dotted_keys(tp, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _suggest(key: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(candidates), n=3, cutoff=0.6)
+    if not close:
+        # Try the last component alone against leaves (``lr_int`` -> ``train.lr_init``).
+        leaf = key.rsplit(".", 1)[-1]
+        by_leaf = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=3, cutoff=0.7)]
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, Sequence):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted."""
+
+    def bad() -> UserError:
+        return UserError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}")
+
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad()
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad()
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad()
+    raise TypeError(f"unsupported config type {tp} for {key}")  # a schema bug, not user input
+
+
+def _build(cls: type, data: dict, where: str, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, validating every key."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: '{prefix.rstrip('.') or 'top level'}' must be a mapping of keys, "
+                        f"got {data!r}")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in types_:
+            raise UserError(f"{where}: unknown key '{key}'{_suggest(key, dotted_keys())}")
+        tp = types_[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value if value is not None else {}, where, f"{key}.")
+        else:
+            kwargs[name] = _convert(value, tp, key, where)
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist",
+                        hint=f"give a YAML file or a preset name ({', '.join(preset_names())})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise UserError(f"{where}: malformed YAML: {problem}",
+                        hint="check the indentation and the 'key: value' syntax on that line") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a preset in ``configs/`` (``tiny``)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    preset = CONFIG_DIR / f"{p}.yaml"
+    if preset.exists():
+        return preset
+    raise UserError(f"no config file or preset named '{name_or_path}'",
+                    hint=f"presets: {', '.join(preset_names())}; or give a path to a YAML file")
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"{path}: 'base:' files form a cycle: " + " -> ".join(str(s) for s in seen + (path,)))
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = resolve_config_path(base) if not Path(base).is_absolute() else Path(base)
+    if not base_path.is_absolute() and not base_path.exists():
+        base_path = path.parent / base
+    return _deep_merge(_load_yaml_chain(base_path, seen + (path,)), data)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'train.lr_init=1e-3'`` -> ``('train.lr_init', 0.001)``; aliases expanded."""
+    if "=" not in text:
+        raise UserError(f"cannot read override '{text}': expected key=value, e.g. train.lr_init=1e-3")
+    key, _, raw = text.partition("=")
+    key = ALIASES.get(key.strip(), key.strip())
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(tree: dict, key: str, value: Any, where: str) -> None:
+    known = dotted_keys()
+    if key not in known:
+        raise UserError(f"{where}: unknown key '{key}'{_suggest(key, known)}")
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:  # the file was validated first, so sections are mappings here
+        if not isinstance(node.get(p), dict):  # absent, or an empty section ("model:")
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def load_config(config: str | Path | None = None, overrides: Sequence[str] = (),
+                values: dict[str, Any] | None = None) -> Config:
+    """Load the schema defaults, then ``config`` (file or preset), then overrides.
+
+    Args:
+        config: a YAML path or a preset name; None = the schema defaults.
+        overrides: ``key=value`` strings (dotted keys or aliases).
+        values: dotted keys set by command-line flags; None values are ignored.
+    """
+    tree: dict = {}
+    where = "config"
+    if config is not None:
+        path = resolve_config_path(config)
+        tree = _load_yaml_chain(path)
+        where = str(path)
+    # Validate the file on its own first, so its errors name the file.
+    _build(Config, tree, where)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value, "override")
+    for key, value in (values or {}).items():
+        if value is not None:
+            _set_dotted(tree, ALIASES.get(key, key), value, "option")
+    cfg = _build(Config, tree, "override" if overrides or values else where)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    d, c = cfg.data, cfg.cache
+    checks = [
+        (0 < d.ratio <= 1, "data.ratio must be in (0, 1]", d.ratio),
+        (d.frame_interval >= 1, "data.frame_interval must be >= 1", d.frame_interval),
+        (d.test_every >= 0, "data.test_every must be >= 0 (0 = no hold-out)", d.test_every),
+        (d.easymocap_frame >= 0, "data.easymocap_frame must be >= 0", d.easymocap_frame),
+        (0 < d.near < d.far, "data.near must be > 0 and < data.far", (d.near, d.far)),
+        (c.bucket_rays >= 1024, "cache.bucket_rays must be >= 1024", c.bucket_rays),
+        (c.memory_mb >= 16, "cache.memory_mb must be >= 16", c.memory_mb),
+        (c.workers >= 1, "cache.workers must be >= 1", c.workers),
+        (0 <= c.compression <= 9, "cache.compression must be a gzip level 0..9", c.compression),
+        (cfg.train.batch_rays >= 1, "train.batch_rays must be >= 1", cfg.train.batch_rays),
+        (cfg.train.max_steps >= 1, "train.max_steps must be >= 1", cfg.train.max_steps),
+        (len(cfg.model.prop.samples) >= 1, "model.prop.samples needs at least one level",
+         cfg.model.prop.samples),
+        (cfg.render.chunk_rays >= 1, "render.chunk_rays must be >= 1", cfg.render.chunk_rays),
+    ]
+    for ok, message, value in checks:
+        if not ok:
+            raise UserError(f"{message}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(section: Any) -> str:
+    """A short stable hash of a config (section), for fingerprints and reports."""
+    blob = json.dumps(config_to_dict(section), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def config_from_dict(data: dict, where: str = "config") -> Config:
+    """Rebuild a Config from :func:`config_to_dict` output (e.g. a run's config.yaml)."""
+    return _build(Config, data, where)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    text = "# resolved mip360 config: every value this stage used\n"
+    text += yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    atomic_write_text(path, text)

@@ -1,0 +1,1 @@
+"""Data: cameras, format readers, the example scene and the ray cache."""

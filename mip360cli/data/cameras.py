@@ -1,0 +1,309 @@
+"""Cameras in the one convention used inside mip360, and rays from them.
+
+Convention (ALGORITHM.md section 1): OpenCV camera axes (x right, y down,
+z forward), camera-to-world ``c2w`` (3, 4), per-image intrinsics ``K``,
+pixel centers at ``(u + 0.5, v + 0.5)``. Lens distortion uses OpenCV's
+coefficients ``(k1, k2, p1, p2, k3)`` on normalized image coordinates.
+Format readers convert into this once; nothing else knows about formats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Cameras:
+    """N pinhole cameras (with optional lens distortion) and their images.
+
+    Attributes:
+        K: (N, 3, 3) float64 intrinsics, pixels.
+        c2w: (N, 3, 4) float64 camera-to-world, OpenCV axes.
+        width, height: (N,) int64 image size in pixels.
+        dist: (N, 5) float64 OpenCV distortion (k1, k2, p1, p2, k3); zeros = pinhole.
+        image_paths: N image files.
+        names: N image names (unique, in the dataset's order).
+    """
+
+    K: np.ndarray
+    c2w: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+    dist: np.ndarray
+    image_paths: tuple[Path, ...]
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        shapes = {"K": (n, 3, 3), "c2w": (n, 3, 4), "width": (n,), "height": (n,), "dist": (n, 5)}
+        for attr, shape in shapes.items():
+            if getattr(self, attr).shape != shape:
+                raise ValueError(f"Cameras.{attr} has shape {getattr(self, attr).shape}, expected {shape}")
+        if len(self.image_paths) != n:
+            raise ValueError("Cameras.image_paths and names differ in length")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def create(cls, K, c2w, width, height, image_paths: Sequence, names: Sequence[str],
+               dist=None) -> "Cameras":
+        n = len(names)
+        return cls(
+            K=np.asarray(K, np.float64).reshape(n, 3, 3),
+            c2w=np.asarray(c2w, np.float64).reshape(n, 3, 4),
+            width=np.asarray(width, np.int64).reshape(n),
+            height=np.asarray(height, np.int64).reshape(n),
+            dist=np.zeros((n, 5)) if dist is None else np.asarray(dist, np.float64).reshape(n, 5),
+            image_paths=tuple(Path(p) for p in image_paths),
+            names=tuple(names),
+        )
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> "Cameras":
+        idx = np.asarray(indices, np.int64)
+        return Cameras(self.K[idx], self.c2w[idx], self.width[idx], self.height[idx], self.dist[idx],
+                       tuple(self.image_paths[i] for i in idx), tuple(self.names[i] for i in idx))
+
+    def replace(self, **changes) -> "Cameras":
+        return dataclasses.replace(self, **changes)
+
+    def scaled(self, ratio: float) -> "Cameras":
+        """Cameras for images resized by ``ratio`` (fx, fy, cx, cy times ratio).
+
+        Distortion acts on normalized coordinates, so it does not change.
+        """
+        if ratio == 1.0:
+            return self
+        K = self.K.copy()
+        K[:, :2, :] *= ratio
+        return self.replace(K=K, width=scaled_size(self.width, ratio), height=scaled_size(self.height, ratio))
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """(N,) pixel count of each image."""
+        return self.width * self.height
+
+
+def scaled_size(size: np.ndarray | int, ratio: float) -> np.ndarray:
+    """Image size after resizing by ``ratio`` (rounded, at least 1 pixel)."""
+    return np.maximum(1, np.round(np.asarray(size) * ratio)).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_poses(c2w: np.ndarray, names: Sequence[str], source: str | Path) -> None:
+    """Raise a UserError naming the first image whose pose is not finite or not a rotation.
+
+    Args:
+        c2w: (N, 3, 4) camera-to-world matrices.
+        names: N image names, for the message.
+        source: the file the poses came from, for the message.
+    """
+    for i, m in enumerate(c2w):
+        if not np.all(np.isfinite(m)):
+            raise UserError(f"{source}: the pose of image '{names[i]}' has NaN or inf values",
+                            hint="re-export the camera poses, or remove that image")
+        R = m[:, :3]
+        err = np.abs(R.T @ R - np.eye(3)).max()
+        det = np.linalg.det(R)
+        if err > 1e-3 or abs(det - 1) > 1e-3:
+            raise UserError(
+                f"{source}: the pose of image '{names[i]}' is not a rotation "
+                f"(|R^T R - I| = {err:.3g}, det R = {det:.4f})",
+                hint="poses must be rigid (no scale, no mirror); check the file's conventions")
+
+
+def check_intrinsics(K: np.ndarray, width: np.ndarray, height: np.ndarray, names: Sequence[str],
+                     source: str | Path) -> None:
+    """Raise a UserError for non-finite or non-positive focal lengths or sizes."""
+    for i in range(len(names)):
+        fx, fy = K[i, 0, 0], K[i, 1, 1]
+        if not (np.all(np.isfinite(K[i])) and fx > 0 and fy > 0):
+            raise UserError(f"{source}: intrinsics of image '{names[i]}' are invalid (fx={fx}, fy={fy})")
+        if width[i] <= 0 or height[i] <= 0:
+            raise UserError(f"{source}: image '{names[i]}' has size {width[i]}x{height[i]}")
+
+
+# ----------------------------------------------------------------------------- normalization
+
+
+def normalize_poses(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Center, rotate and scale poses of an unbounded 360 capture (ALGORITHM.md 1).
+
+    Center = mean camera position; rotation = PCA of the positions with the
+    third axis "up" (its sign such that the mean camera up vector, -y in
+    OpenCV axes, points +up); scale such that the largest |coordinate| of any
+    camera center is 1. Eigenvector signs are fixed (largest component
+    positive) so near-identical inputs give identical outputs.
+
+    Args:
+        c2w: (N, 3, 4) camera-to-world.
+    Returns:
+        c2w_normalized: (N, 3, 4).
+        transform: (4, 4) mapping input world points to normalized ones
+            (``p_n = transform @ [p, 1]``); its scale is ``transform[0, :3]`` norm.
+    """
+    centers = c2w[:, :, 3]
+    mean = centers.mean(axis=0)
+    centered = centers - mean
+    if len(c2w) >= 3:
+        _, eigvec = np.linalg.eigh(centered.T @ centered)
+        axes = eigvec[:, ::-1].T.copy()  # rows: descending variance; last = up
+    else:
+        axes = np.eye(3)
+    for k in range(2):
+        if axes[k, np.argmax(np.abs(axes[k]))] < 0:
+            axes[k] *= -1
+    axes[2] = np.cross(axes[0], axes[1])  # proper rotation
+    mean_up = -c2w[:, :, 1].mean(axis=0)
+    if mean_up @ axes[2] < 0:
+        axes[1:] *= -1  # rotate 180 degrees about the first axis
+    rotated = centered @ axes.T
+    extent = np.abs(rotated).max()
+    scale = 1.0 / extent if extent > 0 else 1.0
+    transform = np.eye(4)
+    transform[:3, :3] = scale * axes
+    transform[:3, 3] = -scale * axes @ mean
+    return transform_poses(transform, c2w), transform
+
+
+def transform_poses(transform: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """Apply a similarity ``transform`` (4, 4) to poses (N, 3, 4), keeping rotations unit."""
+    scale = np.linalg.norm(transform[0, :3])
+    R = transform[:3, :3] / scale
+    out = np.empty_like(c2w)
+    out[:, :, :3] = R @ c2w[:, :, :3]
+    out[:, :, 3] = c2w[:, :, 3] @ transform[:3, :3].T + transform[:3, 3]
+    return out
+
+
+def split_indices(n: int, test_every: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices: test = every ``test_every``-th image (index % k == 0).
+
+    ``test_every = 0`` holds nothing out. Returns (train (N_train,), test (N_test,)).
+    """
+    idx = np.arange(n)
+    if test_every <= 0:
+        return idx, idx[:0]
+    test = idx % test_every == 0
+    return idx[~test], idx[test]
+
+
+# ----------------------------------------------------------------------------- rays (torch)
+
+
+def distort(xy, dist):
+    """Apply OpenCV distortion to normalized coordinates.
+
+    Args:
+        xy: (..., 2) undistorted normalized coordinates (x/z, y/z).
+        dist: (..., 5) coefficients (k1, k2, p1, p2, k3), broadcastable.
+    Returns:
+        (..., 2) distorted normalized coordinates.
+    """
+    x, y = xy[..., 0], xy[..., 1]
+    k1, k2, p1, p2, k3 = (dist[..., i] for i in range(5))
+    r2 = x * x + y * y
+    radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    return np.stack([xd, yd], -1) if isinstance(xy, np.ndarray) else _torch().stack([xd, yd], -1)
+
+
+def undistort(xy_d, dist, iterations: int = 10):
+    """Invert :func:`distort` by Newton's method (as multinerf does).
+
+    Args:
+        xy_d: (..., 2) distorted normalized coordinates, torch tensor.
+        dist: (..., 5) coefficients, broadcastable.
+    Returns:
+        (..., 2) undistorted normalized coordinates.
+    """
+    torch = _torch()
+    xd, yd = xy_d[..., 0], xy_d[..., 1]
+    k1, k2, p1, p2, k3 = (dist[..., i] for i in range(5))
+    x, y = xd.clone(), yd.clone()
+    for _ in range(iterations):
+        r2 = x * x + y * y
+        radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        d_radial = k1 + r2 * (2 * k2 + 3 * k3 * r2)  # d radial / d r2
+        fx = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x) - xd
+        fy = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y - yd
+        fx_x = radial + 2 * x * x * d_radial + 2 * p1 * y + 6 * p2 * x
+        fx_y = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y
+        fy_x = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y
+        fy_y = radial + 2 * y * y * d_radial + 6 * p1 * y + 2 * p2 * x
+        det = fx_x * fy_y - fx_y * fy_x
+        safe = det.abs() > 1e-12
+        det = torch.where(safe, det, torch.ones_like(det))
+        step_x = torch.where(safe, (fx * fy_y - fy * fx_y) / det, torch.zeros_like(det))
+        step_y = torch.where(safe, (fy * fx_x - fx * fy_x) / det, torch.zeros_like(det))
+        x, y = x - step_x, y - step_y
+    return torch.stack([x, y], -1)
+
+
+def pixel_rays(K, c2w, dist, image_index, u, v):
+    """Rays through pixel centers, regenerated from camera parameters.
+
+    ``d = R K^-1 [u + .5, v + .5, 1]`` (unit z in the camera frame, so ``t``
+    along the ray is z-depth), with distortion undone first when present.
+
+    Args:
+        K: (N, 3, 3) intrinsics tensor.
+        c2w: (N, 3, 4) camera-to-world tensor.
+        dist: (N, 5) distortion tensor, or None for pinhole cameras.
+        image_index: (R,) int64 camera of each ray.
+        u, v: (R,) pixel column and row (integers or floats).
+    Returns:
+        origins: (R, 3); directions: (R, 3), not normalized; viewdirs: (R, 3) unit.
+
+    Example:
+        >>> import torch
+        >>> K = torch.tensor([[[2., 0, 1], [0, 2, 1], [0, 0, 1]]])
+        >>> c2w = torch.eye(3, 4)[None]
+        >>> o, d, _ = pixel_rays(K, c2w, None, torch.tensor([0]), torch.tensor([0]), torch.tensor([0]))
+        >>> d.tolist()
+        [[-0.25, -0.25, 1.0]]
+    """
+    torch = _torch()
+    Ki = K[image_index]
+    x = (u.to(K.dtype) + 0.5 - Ki[:, 0, 2]) / Ki[:, 0, 0]
+    y = (v.to(K.dtype) + 0.5 - Ki[:, 1, 2]) / Ki[:, 1, 1]
+    # K may have skew (K[0, 1]); remove it after dividing by fy.
+    x = x - Ki[:, 0, 1] * y / Ki[:, 0, 0]
+    xy = torch.stack([x, y], -1)
+    if dist is not None:
+        d_i = dist[image_index]
+        needs = d_i.abs().amax(-1) > 0
+        if bool(needs.any()):
+            xy = torch.where(needs[:, None], undistort(xy, d_i), xy)
+    cam_dirs = torch.cat([xy, torch.ones_like(xy[:, :1])], -1)
+    pose = c2w[image_index]
+    directions = (pose[:, :, :3] @ cam_dirs[:, :, None])[..., 0]
+    origins = pose[:, :, 3].expand_as(directions)
+    viewdirs = directions / directions.norm(dim=-1, keepdim=True)
+    return origins, directions, viewdirs
+
+
+def cameras_to_tensors(cameras: Cameras, device=None, dtype=None) -> dict:
+    """K, c2w and dist of ``cameras`` as torch tensors (dist None when all zero)."""
+    torch = _torch()
+    dtype = dtype or torch.float32
+    t = {k: torch.as_tensor(getattr(cameras, k), dtype=dtype, device=device) for k in ("K", "c2w")}
+    t["dist"] = (torch.as_tensor(cameras.dist, dtype=dtype, device=device)
+                 if np.any(cameras.dist != 0) else None)
+    return t
+
+
+def _torch():
+    import torch  # imported lazily: preprocess never needs torch
+
+    return torch

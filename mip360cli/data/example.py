@@ -1,0 +1,216 @@
+"""A small procedural unbounded 360-degree scene, ray traced in numpy.
+
+Three textured spheres on a tiled floor near the center, inside a distant
+textured enclosure (a sphere of radius 12 whose inside shows colored
+panels and a sky gradient). Cameras sit on a ring looking inward. Colors
+are 2x2 supersampled; depth is the z-depth of the pixel-center ray, in the
+scene's (input) units. Everything is deterministic.
+
+The scene's world has +z up; the cameras use OpenCV axes like all of mip360,
+and each format writer converts to its own convention.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .cameras import Cameras
+from .formats import READERS, colmap, easymocap, llff, transforms
+from .images import write_image
+
+FORMATS = tuple(READERS)
+ENCLOSURE_RADIUS = 12.0
+FLOOR_RADIUS = 10.0
+LIGHT = np.array([0.4, 0.3, 0.85]) / np.linalg.norm([0.4, 0.3, 0.85])
+
+
+@dataclass(frozen=True)
+class Sphere:
+    center: tuple[float, float, float]
+    radius: float
+    color_a: tuple[float, float, float]
+    color_b: tuple[float, float, float]
+    tiles: int  # checker cells around the equator
+
+
+SPHERES = (
+    Sphere((0.0, 0.0, 0.5), 0.5, (0.85, 0.15, 0.1), (0.95, 0.95, 0.9), 8),
+    Sphere((0.95, -0.55, 0.3), 0.3, (0.1, 0.6, 0.2), (0.95, 0.85, 0.2), 6),
+    Sphere((-0.75, 0.6, 0.35), 0.35, (0.15, 0.3, 0.85), (0.95, 0.55, 0.1), 10),
+)
+
+
+def ring_cameras(n: int, width: int, height: int, radius: float = 3.0, elevation: float = 0.8,
+                 target=(0.0, 0.0, 0.35), focal_ratio: float = 0.8, distortion: float = 0.0) -> Cameras:
+    """``n`` cameras evenly spaced on a horizontal ring, looking at ``target``.
+
+    The ring's radius varies slightly (+-4%) so its PCA axes are well defined.
+    """
+    K = np.array([[focal_ratio * width, 0, width / 2], [0, focal_ratio * width, height / 2], [0, 0, 1]])
+    c2ws = []
+    up = np.array([0.0, 0.0, 1.0])
+    for i in range(n):
+        a = 2 * np.pi * i / n
+        r = radius * (1 + 0.04 * np.cos(2 * a))
+        pos = np.array([r * np.cos(a), r * np.sin(a), elevation + 0.1 * np.sin(3 * a)])
+        forward = np.asarray(target) - pos
+        forward /= np.linalg.norm(forward)
+        right = np.cross(forward, up)
+        right /= np.linalg.norm(right)
+        down = np.cross(forward, right)
+        c2ws.append(np.stack([right, down, forward, pos], axis=1))
+    dist = np.tile([distortion, distortion / 4, 0.0, 0.0, 0.0], (n, 1))
+    names = [f"{i:03d}.png" for i in range(n)]
+    return Cameras.create(np.tile(K, (n, 1, 1)), c2ws, [width] * n, [height] * n, names, names, dist)
+
+
+def _hit_sphere(o, d, center, radius, inside: bool = False):
+    oc = o - np.asarray(center)
+    a = np.einsum("ij,ij->i", d, d)
+    b = np.einsum("ij,ij->i", d, oc)
+    c = np.einsum("ij,ij->i", oc, oc) - radius * radius
+    disc = b * b - a * c
+    root = np.sqrt(np.maximum(disc, 0))
+    t = (-b + root) / a if inside else (-b - root) / a
+    return np.where((disc > 0) & (t > 1e-6), t, np.inf)
+
+
+def _checker(u, v, ca, cb):
+    mask = ((np.floor(u) + np.floor(v)) % 2 == 0)[:, None]
+    return np.where(mask, np.asarray(ca), np.asarray(cb))
+
+
+def trace(o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Color and ray distance for rays ``o + t d``.
+
+    Args:
+        o, d: (R, 3) origins and (not normalized) directions in the scene world.
+    Returns:
+        rgb (R, 3) in [0, 1], t (R,) with the hit point at ``o + t d``.
+    """
+    n = len(o)
+    t_best = _hit_sphere(o, d, (0, 0, 0), ENCLOSURE_RADIUS, inside=True)
+    kind = np.full(n, -1)  # -1 enclosure, -2 floor, i >= 0 sphere i
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_floor = np.where(d[:, 2] < 0, -o[:, 2] / d[:, 2], np.inf)
+    p_floor = o + np.where(np.isfinite(t_floor), t_floor, 0)[:, None] * d
+    t_floor = np.where(np.hypot(p_floor[:, 0], p_floor[:, 1]) < FLOOR_RADIUS, t_floor, np.inf)
+    closer = t_floor < t_best
+    t_best, kind = np.where(closer, t_floor, t_best), np.where(closer, -2, kind)
+    for i, s in enumerate(SPHERES):
+        t = _hit_sphere(o, d, s.center, s.radius)
+        closer = t < t_best
+        t_best, kind = np.where(closer, t, t_best), np.where(closer, i, kind)
+
+    p = o + t_best[:, None] * d
+    rgb = np.zeros((n, 3))
+    normal = np.zeros((n, 3))
+    # Enclosure: colored vertical panels with a horizon-to-zenith gradient (unlit).
+    m = kind == -1
+    q = p[m] / ENCLOSURE_RADIUS
+    az = np.arctan2(q[:, 1], q[:, 0])
+    el = np.arcsin(np.clip(q[:, 2], -1, 1))
+    panel = np.floor((az + np.pi) / (2 * np.pi) * 12).astype(int) % 3
+    palette = np.array([[0.55, 0.7, 0.9], [0.75, 0.6, 0.85], [0.6, 0.85, 0.75]])
+    stripes = 0.85 + 0.15 * (np.floor(el * 20) % 2)
+    rgb[m] = palette[panel] * stripes[:, None] * (0.7 + 0.3 * np.clip(el, 0, 1))[:, None]
+    # Floor: tiles of 0.5 units.
+    m = kind == -2
+    rgb[m] = _checker(p[m, 0] / 0.5, p[m, 1] / 0.5, (0.55, 0.45, 0.35), (0.3, 0.28, 0.25))
+    normal[m] = (0, 0, 1)
+    for i, s in enumerate(SPHERES):
+        m = kind == i
+        nrm = (p[m] - np.asarray(s.center)) / s.radius
+        lon = np.arctan2(nrm[:, 1], nrm[:, 0]) / (2 * np.pi) * s.tiles
+        lat = np.arcsin(np.clip(nrm[:, 2], -1, 1)) / np.pi * s.tiles / 2
+        rgb[m] = _checker(lon, lat, s.color_a, s.color_b)
+        normal[m] = nrm
+    lit = kind != -1
+    shade = 0.45 + 0.55 * np.clip(normal[lit] @ LIGHT, 0, 1)
+    rgb[lit] *= shade[:, None]
+    return np.clip(rgb, 0, 1), t_best
+
+
+def _camera_rays(cameras: Cameras, i: int, offsets: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    w, h = int(cameras.width[i]), int(cameras.height[i])
+    K, c2w, dist = cameras.K[i], cameras.c2w[i], cameras.dist[i]
+    u, v = np.meshgrid(np.arange(w) + offsets[0], np.arange(h) + offsets[1])
+    pix = np.stack([u.ravel(), v.ravel()], -1)
+    if np.any(dist != 0):
+        crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-12)
+        xy = cv2.undistortPointsIter(pix[:, None].astype(np.float64), K, dist, None, None, crit)[:, 0]
+    else:
+        xy = (pix - K[:2, 2]) / np.diag(K)[:2]
+    dirs = np.concatenate([xy, np.ones((len(xy), 1))], -1) @ c2w[:, :3].T
+    return np.broadcast_to(c2w[:, 3], dirs.shape), dirs
+
+
+def render_view(cameras: Cameras, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render camera ``i``: (H, W, 3) uint8 RGB and (H, W) float32 z-depth."""
+    w, h = int(cameras.width[i]), int(cameras.height[i])
+    rgb = np.zeros((h * w, 3))
+    for ox in (0.25, 0.75):
+        for oy in (0.25, 0.75):
+            o, d = _camera_rays(cameras, i, (ox, oy))
+            rgb += trace(o, d)[0] / 4
+    o, d = _camera_rays(cameras, i, (0.5, 0.5))
+    _, t = trace(o, d)  # d has unit camera z, so t is z-depth
+    img = np.round(rgb * 255).astype(np.uint8).reshape(h, w, 3)
+    return img, t.astype(np.float32).reshape(h, w)
+
+
+def image_relpath(fmt: str, name: str) -> str:
+    """Where each format keeps the image of camera ``name`` (``000.png``)."""
+    if fmt == "easymocap":
+        return f"images/{Path(name).stem}/000000.png"
+    return f"images/{name}"
+
+
+def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width: int = 64,
+                 height: int = 48, distortion: float = 0.0, colmap_binary: bool = True,
+                 progress=None) -> Cameras:
+    """Write the example scene to ``out`` in format ``fmt``.
+
+    Writes the images, the camera file(s) of the format, ``depth/<name>.npy``
+    (float32 z-depth in scene units) and ``example.json`` (what was made).
+
+    Args:
+        distortion: radial k1 of the cameras (k2 = k1 / 4); not for ``llff``.
+        progress: optional callable called once per rendered image.
+    Returns:
+        The cameras in the scene's world (OpenCV axes).
+    """
+    out = Path(out)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt}")
+    if fmt == "llff" and distortion:
+        raise ValueError("LLFF cannot store lens distortion")
+    out.mkdir(parents=True, exist_ok=True)
+    cams = ring_cameras(n_images, width, height, distortion=distortion)
+    rel = [image_relpath(fmt, n) for n in cams.names]
+    depth_ranges = []
+    for i in range(len(cams)):
+        img, depth = render_view(cams, i)
+        write_image(out / rel[i], img)
+        (out / "depth").mkdir(exist_ok=True)
+        np.save(out / "depth" / f"{Path(cams.names[i]).stem}.npy", depth)
+        depth_ranges.append((float(depth.min()), float(depth.max())))
+        if progress:
+            progress()
+    if fmt == "colmap":
+        colmap.write(out, cams, binary=colmap_binary)
+    elif fmt == "llff":
+        llff.write(out, cams, np.array(depth_ranges))
+    elif fmt == "transforms":
+        transforms.write(out, cams, rel)
+    else:
+        easymocap.write(out, cams.replace(names=tuple(Path(n).stem for n in cams.names)))
+    info = {"format": fmt, "images": n_images, "width": width, "height": height, "distortion": distortion,
+            "world_up": [0, 0, 1], "enclosure_radius": ENCLOSURE_RADIUS}
+    (out / "example.json").write_text(json.dumps(info, indent=2) + "\n")
+    return cams.replace(image_paths=tuple(out / r for r in rel))

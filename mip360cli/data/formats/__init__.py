@@ -1,0 +1,57 @@
+"""Format readers: each turns one capture tool's files into :class:`Cameras`.
+
+Every module offers ``detect(folder)``, ``input_files(folder)`` and ``read``;
+conversions to the OpenCV convention happen in these modules only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import UserError
+from ..cameras import Cameras
+from . import colmap, easymocap, llff, transforms
+
+READERS = {"colmap": colmap, "llff": llff, "transforms": transforms, "easymocap": easymocap}
+
+
+def detect_format(folder: Path) -> str:
+    """Name of the format found in ``folder``. Raises UserError if none or ambiguous."""
+    if not folder.exists():
+        raise UserError(f"dataset folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder", hint="give the dataset folder (or a .h5 cache where accepted)")
+    found = [name for name, mod in READERS.items() if mod.detect(folder)]
+    if not found:
+        if not any(folder.iterdir()):
+            raise UserError(f"dataset folder {folder} is empty",
+                            hint="try `mip360 example DIR` for a small scene to start from")
+        raise UserError(
+            f"no camera file found in {folder}",
+            hint="expected one of: sparse/0/cameras.bin|txt (COLMAP), poses_bounds.npy (LLFF), "
+                 "transforms.json (nerfstudio/instant-ngp), intri.yml + extri.yml (EasyMocap)")
+    return found[0]  # COLMAP first: it is the source the others are usually made from
+
+
+def read_cameras(folder: Path, fmt: str = "auto", ratio: float = 1.0, easymocap_frame: int = 0
+                 ) -> tuple[str, Cameras, list[Path]]:
+    """Read the cameras of ``folder`` in format ``fmt`` (or detected).
+
+    Returns (format name, cameras in the input's world, the camera files read).
+    """
+    if fmt == "auto":
+        fmt = detect_format(folder)
+    elif fmt not in READERS:
+        raise UserError(f"unknown format '{fmt}'", hint=f"choose one of: auto, {', '.join(READERS)}")
+    elif not folder.is_dir():
+        raise UserError(f"dataset folder {folder} does not exist")
+    elif not READERS[fmt].detect(folder):
+        raise UserError(f"{folder} does not hold {fmt} data", hint="drop --format to detect the format")
+    mod = READERS[fmt]
+    if fmt == "llff":
+        cams = mod.read(folder, ratio=ratio)
+    elif fmt == "easymocap":
+        cams = mod.read(folder, frame=easymocap_frame)
+    else:
+        cams = mod.read(folder)
+    return fmt, cams, mod.input_files(folder)

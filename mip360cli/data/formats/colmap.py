@@ -1,0 +1,284 @@
+"""COLMAP sparse models (``sparse/0/cameras.bin|txt`` and ``images.bin|txt``).
+
+COLMAP's camera axes are OpenCV's and its poses are world-to-camera
+(quaternion ``qvec`` = (w, x, y, z) and ``tvec``); pixel centers sit at
+``u + 0.5`` as in mip360. ``points3D`` is not needed.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import UserError
+from ..cameras import Cameras
+
+# model id -> (name, number of params)
+MODELS = {
+    0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5),
+    4: ("OPENCV", 8), 5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5),
+    8: ("SIMPLE_RADIAL_FISHEYE", 4), 9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12),
+}
+MODEL_IDS = {name: i for i, (name, _) in MODELS.items()}
+SUPPORTED = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+
+
+def model_dir(folder: Path) -> Path | None:
+    """The folder holding cameras.* and images.*, or None if this is not COLMAP data."""
+    for cand in (folder / "sparse" / "0", folder / "sparse", folder):
+        for ext in ("bin", "txt"):
+            if (cand / f"cameras.{ext}").exists() and (cand / f"images.{ext}").exists():
+                return cand
+    return None
+
+
+def detect(folder: Path) -> bool:
+    return model_dir(folder) is not None
+
+
+def input_files(folder: Path) -> list[Path]:
+    d = model_dir(folder)
+    return [p for p in sorted(d.iterdir()) if p.stem in ("cameras", "images")] if d else []
+
+
+def read(folder: Path, image_dir: str = "images") -> Cameras:
+    """Read a COLMAP model under ``folder``; images are in ``folder/images``."""
+    d = model_dir(folder)
+    if d is None:
+        raise UserError(f"{folder}: no COLMAP model (sparse/0/cameras.bin or .txt) found")
+    binary = (d / "cameras.bin").exists() and (d / "images.bin").exists()
+    cams_file = d / ("cameras.bin" if binary else "cameras.txt")
+    imgs_file = d / ("images.bin" if binary else "images.txt")
+    cams = _read_cameras_bin(cams_file) if binary else _read_cameras_txt(cams_file)
+    images = _read_images_bin(imgs_file) if binary else _read_images_txt(imgs_file)
+    if not images:
+        raise UserError(f"{imgs_file}: the model has no registered images",
+                        hint="COLMAP did not reconstruct any camera; check the reconstruction")
+    images.sort(key=lambda im: im["name"])
+    Ks, c2ws, ws, hs, dists, paths, names = [], [], [], [], [], [], []
+    for im in images:
+        cam_id = im["camera_id"]
+        if cam_id not in cams:
+            raise UserError(f"{imgs_file}: image '{im['name']}' uses camera {cam_id}, "
+                            f"which {cams_file.name} does not define")
+        model, w, h, params = cams[cam_id]
+        if model not in SUPPORTED:
+            raise UserError(
+                f"{cams_file}: camera {cam_id} uses the COLMAP model {model}, which mip360 does not support "
+                f"(supported: {', '.join(SUPPORTED)})",
+                hint="undistort the images first: colmap image_undistorter --output_type COLMAP")
+        K, dist = _intrinsics(model, params)
+        R = _qvec_to_rotation(im["qvec"])
+        t = np.asarray(im["tvec"], np.float64)
+        c2w = np.concatenate([R.T, (-R.T @ t)[:, None]], axis=1)
+        Ks.append(K), c2ws.append(c2w), ws.append(w), hs.append(h), dists.append(dist)
+        paths.append(folder / image_dir / im["name"])
+        names.append(im["name"])
+    return Cameras.create(Ks, c2ws, ws, hs, paths, names, dists)
+
+
+def _intrinsics(model: str, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    dist = np.zeros(5)
+    if model == "SIMPLE_PINHOLE":
+        fx = fy = p[0]
+        cx, cy = p[1], p[2]
+    elif model == "PINHOLE":
+        fx, fy, cx, cy = p[:4]
+    elif model == "SIMPLE_RADIAL":
+        fx = fy = p[0]
+        cx, cy, dist[0] = p[1], p[2], p[3]
+    elif model == "RADIAL":
+        fx = fy = p[0]
+        cx, cy, dist[0], dist[1] = p[1:5]
+    else:  # OPENCV
+        fx, fy, cx, cy = p[:4]
+        dist[:4] = p[4:8]
+    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64)
+    return K, dist
+
+
+def _qvec_to_rotation(q) -> np.ndarray:
+    w, x, y, z = np.asarray(q, np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * y * y - 2 * z * z, 2 * x * y - 2 * w * z, 2 * x * z + 2 * w * y],
+        [2 * x * y + 2 * w * z, 1 - 2 * x * x - 2 * z * z, 2 * y * z - 2 * w * x],
+        [2 * x * z - 2 * w * y, 2 * y * z + 2 * w * x, 1 - 2 * x * x - 2 * y * y],
+    ])
+
+
+def _rotation_to_qvec(R: np.ndarray) -> np.ndarray:
+    """Rotation matrix -> unit quaternion (w, x, y, z) with w >= 0."""
+    K = np.array([
+        [R[0, 0] - R[1, 1] - R[2, 2], 0, 0, 0],
+        [R[1, 0] + R[0, 1], R[1, 1] - R[0, 0] - R[2, 2], 0, 0],
+        [R[2, 0] + R[0, 2], R[2, 1] + R[1, 2], R[2, 2] - R[0, 0] - R[1, 1], 0],
+        [R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1], R[0, 0] + R[1, 1] + R[2, 2]],
+    ]) / 3.0
+    vals, vecs = np.linalg.eigh(K)
+    q = vecs[[3, 0, 1, 2], np.argmax(vals)]
+    return -q if q[0] < 0 else q
+
+
+# ----------------------------------------------------------------------------- binary
+
+
+class _Reader:
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = path.read_bytes()
+        self.pos = 0
+
+    def take(self, fmt: str):
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.data):
+            raise UserError(f"{self.path}: file ends early (truncated at byte {len(self.data)})",
+                            hint="re-export the COLMAP model")
+        out = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += size
+        return out
+
+    def cstring(self) -> str:
+        end = self.data.find(b"\0", self.pos)
+        if end < 0:
+            raise UserError(f"{self.path}: file ends inside an image name (truncated)")
+        s = self.data[self.pos:end].decode("utf-8")
+        self.pos = end + 1
+        return s
+
+
+def _read_cameras_bin(path: Path) -> dict:
+    r = _Reader(path)
+    (n,) = r.take("<Q")
+    cams = {}
+    for _ in range(n):
+        cam_id, model_id, w, h = r.take("<iiQQ")
+        if model_id not in MODELS:
+            raise UserError(f"{path}: camera {cam_id} has unknown model id {model_id}")
+        name, nparams = MODELS[model_id]
+        params = np.array(r.take(f"<{nparams}d"))
+        cams[cam_id] = (name, int(w), int(h), params)
+    return cams
+
+
+def _read_images_bin(path: Path) -> list[dict]:
+    r = _Reader(path)
+    (n,) = r.take("<Q")
+    images = []
+    for _ in range(n):
+        image_id, qw, qx, qy, qz, tx, ty, tz, cam_id = r.take("<idddddddi")
+        name = r.cstring()
+        (npts,) = r.take("<Q")
+        r.pos += npts * 24  # (x, y, point3D_id) per keypoint: not needed
+        images.append(dict(id=image_id, qvec=(qw, qx, qy, qz), tvec=(tx, ty, tz), camera_id=cam_id, name=name))
+    return images
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def _data_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of every line that is not a comment."""
+    return [(i + 1, line.rstrip("\n")) for i, line in enumerate(path.read_text().splitlines())
+            if not line.startswith("#")]
+
+
+def _floats(path: Path, lineno: int, fields: list[str]) -> list[float]:
+    try:
+        return [float(x) for x in fields]
+    except ValueError:
+        raise UserError(f"{path}:{lineno}: expected numbers, got {' '.join(fields)!r}") from None
+
+
+def _read_cameras_txt(path: Path) -> dict:
+    cams = {}
+    for lineno, line in _data_lines(path):
+        f = line.split()
+        if not f:
+            continue
+        if len(f) < 4:
+            raise UserError(f"{path}:{lineno}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS...'")
+        model = f[1]
+        if model not in MODEL_IDS:
+            raise UserError(f"{path}:{lineno}: unknown COLMAP camera model {model}")
+        nparams = MODELS[MODEL_IDS[model]][1]
+        if len(f) != 4 + nparams:
+            raise UserError(f"{path}:{lineno}: model {model} needs {nparams} parameters, got {len(f) - 4}")
+        w, h = _floats(path, lineno, f[2:4])
+        cams[int(f[0])] = (model, int(w), int(h), np.array(_floats(path, lineno, f[4:])))
+    return cams
+
+
+def _read_images_txt(path: Path) -> list[dict]:
+    images = []
+    lines = _data_lines(path)
+    i = 0
+    while i < len(lines):
+        lineno, line = lines[i]
+        f = line.split(maxsplit=9)
+        if not f:
+            i += 1
+            continue
+        if len(f) < 10:
+            raise UserError(f"{path}:{lineno}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME'")
+        vals = _floats(path, lineno, f[1:8])
+        images.append(dict(id=int(f[0]), qvec=vals[:4], tvec=vals[4:7], camera_id=int(f[8]), name=f[9]))
+        i += 2  # the next line lists the image's 2D points
+    return images
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _model_for(K: np.ndarray, dist: np.ndarray) -> tuple[str, list[float]]:
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    if np.any(dist != 0):
+        return "OPENCV", [fx, fy, cx, cy, *dist[:4]]
+    if fx == fy:
+        return "SIMPLE_PINHOLE", [fx, cx, cy]
+    return "PINHOLE", [fx, fy, cx, cy]
+
+
+def write(folder: Path, cameras: Cameras, binary: bool = True) -> None:
+    """Write ``cameras`` as a COLMAP model in ``folder/sparse/0`` (one camera per image).
+
+    Image names are taken relative to ``folder/images``.
+    """
+    d = folder / "sparse" / "0"
+    d.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(len(cameras)):
+        model, params = _model_for(cameras.K[i], cameras.dist[i])
+        c2w = cameras.c2w[i]
+        R = c2w[:, :3].T
+        t = -R @ c2w[:, 3]
+        entries.append((i + 1, model, int(cameras.width[i]), int(cameras.height[i]), params,
+                        _rotation_to_qvec(R), t, cameras.names[i]))
+    if binary:
+        with open(d / "cameras.bin", "wb") as f:
+            f.write(struct.pack("<Q", len(entries)))
+            for cid, model, w, h, params, *_ in entries:
+                f.write(struct.pack("<iiQQ", cid, MODEL_IDS[model], w, h))
+                f.write(struct.pack(f"<{len(params)}d", *params))
+        with open(d / "images.bin", "wb") as f:
+            f.write(struct.pack("<Q", len(entries)))
+            for cid, _, _, _, _, q, t, name in entries:
+                f.write(struct.pack("<idddddddi", cid, *q, *t, cid))
+                f.write(name.encode() + b"\0")
+                f.write(struct.pack("<Q", 0))
+        with open(d / "points3D.bin", "wb") as f:
+            f.write(struct.pack("<Q", 0))
+    else:
+        with open(d / "cameras.txt", "w") as f:
+            f.write("# Camera list with one line of data per camera:\n"
+                    "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
+            for cid, model, w, h, params, *_ in entries:
+                f.write(f"{cid} {model} {w} {h} " + " ".join(repr(float(p)) for p in params) + "\n")
+        with open(d / "images.txt", "w") as f:
+            f.write("# Image list with two lines of data per image:\n"
+                    "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n"
+                    "#   POINTS2D[] as (X, Y, POINT3D_ID)\n")
+            for cid, _, _, _, _, q, t, name in entries:
+                f.write(" ".join([str(cid), *(repr(float(x)) for x in (*q, *t)), str(cid), name]) + "\n\n")
+        (d / "points3D.txt").write_text("# 3D point list (empty)\n")

@@ -265,7 +265,8 @@ def _build(cls: type, data: dict, where: str, prefix: str = "") -> Any:
     for name, value in data.items():
         key = f"{prefix}{name}"
         if name not in types_:
-            raise UserError(f"{where}: unknown key '{key}'{_suggest(key, dotted_keys())}")
+            sections = {k.rsplit(".", i)[0] for k in dotted_keys() for i in (1, 2) if k.count(".") >= i}
+            raise UserError(f"{where}: unknown key '{key}'{_suggest(key, [*sections, *dotted_keys()])}")
         tp = types_[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value if value is not None else {}, where, f"{key}.")

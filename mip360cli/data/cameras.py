@@ -197,6 +197,25 @@ def split_indices(n: int, test_every: int) -> tuple[np.ndarray, np.ndarray]:
     return idx[~test], idx[test]
 
 
+def undistort_pixels_cv2(pixels: np.ndarray, K: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Normalized undistorted coordinates of pixel positions, by OpenCV (numpy path).
+
+    Args:
+        pixels: (R, 2) pixel positions (centers at +0.5); K: (3, 3); dist: (5,).
+    Returns:
+        (R, 2) normalized coordinates (x/z, y/z).
+    """
+    import cv2
+
+    src = np.asarray(pixels, np.float64)[:, None]
+    crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-14)
+    if hasattr(cv2, "undistortPointsIter"):  # OpenCV 4
+        out = cv2.undistortPointsIter(src, K, dist, None, None, crit)
+    else:  # OpenCV 5 folded the iterative variant into undistortPoints
+        out = cv2.undistortPoints(src, K, dist, R=None, P=None, criteria=crit)
+    return out[:, 0]
+
+
 # ----------------------------------------------------------------------------- rays (torch)
 
 

@@ -16,10 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from .cameras import Cameras
+from .cameras import Cameras, undistort_pixels_cv2
 from .formats import READERS, colmap, easymocap, llff, transforms
 from .images import write_image
 
@@ -142,8 +141,7 @@ def _camera_rays(cameras: Cameras, i: int, offsets: tuple[float, float]) -> tupl
     u, v = np.meshgrid(np.arange(w) + offsets[0], np.arange(h) + offsets[1])
     pix = np.stack([u.ravel(), v.ravel()], -1)
     if np.any(dist != 0):
-        crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-12)
-        xy = cv2.undistortPointsIter(pix[:, None].astype(np.float64), K, dist, None, None, crit)[:, 0]
+        xy = undistort_pixels_cv2(pix, K, dist)
     else:
         xy = (pix - K[:2, 2]) / np.diag(K)[:2]
     dirs = np.concatenate([xy, np.ones((len(xy), 1))], -1) @ c2w[:, :3].T

@@ -1,0 +1,156 @@
+"""The ``mip360`` command: one thin function per subcommand, no logic here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+from rich.markup import escape
+
+from . import __version__
+from .errors import UserError
+from .progress import console
+
+OVERRIDES_HELP = ("Config overrides as dotted key=value, e.g. data.ratio=0.5 cache.workers=8 "
+                  "(aliases: ratio, frame_interval, test_every).")
+CONFIG_HELP = "YAML config file or preset name (default, tiny); a file may name a 'base:' file."
+
+app = typer.Typer(
+    name="mip360",
+    help="Mip-NeRF 360 for large unbounded scenes: preprocess photos and poses into a ray cache, "
+         "train, render novel views and depth, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mip360 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors "
+                                                      "(may also be given after the subcommand)."),
+) -> None:
+    """Mip-NeRF 360 toolkit."""
+
+
+@app.command("example")
+def example_cmd(
+    out: Path = typer.Argument(..., help="Folder to write the scene into (created if needed)."),
+    format: str = typer.Option("colmap", "--format", "-f", help="colmap | llff | transforms | easymocap"),
+    images: int = typer.Option(24, "--images", "-n", min=2, help="Number of cameras on the ring."),
+    size: str = typer.Option("64x48", "--size", help="Image size WxH (or W, height = 3/4 W)."),
+    distortion: float = typer.Option(0.0, "--distortion", help="Radial lens distortion k1 (not for llff)."),
+    text: bool = typer.Option(False, "--text", help="COLMAP only: write the text model instead of binary."),
+) -> None:
+    """Write a small procedural 360-degree scene (images, cameras, ground-truth depth)."""
+    from .data.example import FORMATS, make_example
+    from .progress import progress_bar
+
+    if format not in FORMATS:
+        raise UserError(f"unknown format '{format}'", hint=f"choose one of: {', '.join(FORMATS)}")
+    if format == "llff" and distortion:
+        raise UserError("LLFF cannot store lens distortion", hint="use --format colmap for a distorted scene")
+    width, height = _parse_size(size)
+    with progress_bar("rendering example", images, "images") as bar:
+        make_example(out, format, images, width, height, distortion, colmap_binary=not text,
+                     progress=bar.advance)
+    typer.echo(f"wrote a {images}-image {width}x{height} example scene ({format}) to {out}")
+    typer.echo(f"next: mip360 preprocess {out}")
+
+
+def _parse_size(size: str) -> tuple[int, int]:
+    try:
+        parts = [int(x) for x in size.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts.append(max(1, parts[0] * 3 // 4))
+    if len(parts) != 2 or min(parts) < 4:
+        raise UserError(f"--size {size!r}: expected WxH with both at least 4, e.g. 64x48")
+    return parts[0], parts[1]
+
+
+@app.command("preprocess")
+def preprocess_cmd(
+    data: Path = typer.Argument(..., help="Dataset folder (COLMAP, LLFF, transforms.json or EasyMocap)."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP,
+                                                    show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache file [default: DATA/mip360_cache.h5]."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    format: Optional[str] = typer.Option(None, "--format", "-f",
+                                         help="auto | colmap | llff | transforms | easymocap [default: auto]"),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Image scale factor, e.g. 0.5 [default: 1]."),
+    frame_interval: Optional[int] = typer.Option(None, "--frame-interval", help="Keep every k-th image."),
+    test_every: Optional[int] = typer.Option(None, "--test-every",
+                                             help="Hold out every n-th image; 0 = none [default: 8]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Image-decoding threads [default: 4]."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when the cache is up to date."),
+) -> None:
+    """Build the HDF5 ray cache of a dataset (streaming, bounded memory).
+
+    Re-running with unchanged inputs and options is instant; when images,
+    camera files or options changed, the cache is rebuilt and the changes are
+    listed.
+    """
+    from .config import load_config, save_config
+    from .data.cache import build_cache, default_cache_path, summary_lines
+
+    cfg = load_config(config, overrides or [], {
+        "data.format": format, "data.ratio": ratio, "data.frame_interval": frame_interval,
+        "data.test_every": test_every, "cache.workers": workers, "cache.path": str(out) if out else None})
+    path = default_cache_path(data, cfg.cache)
+    summary = build_cache(data, cfg.data, cfg.cache, out=path, force=force)
+    save_config(cfg, path.with_name(path.stem + ".config.yaml"))
+    for line in summary_lines(summary):
+        typer.echo(line)
+
+
+def _strip_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """``--debug`` is accepted anywhere on the line."""
+    return [a for a in argv if a != "--debug"], "--debug" in argv
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point: run the CLI, turning errors into one message and an exit code."""
+    argv, debug = _strip_debug(list(sys.argv[1:] if argv is None else argv))
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="mip360", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.ClickException as e:
+        e.show()
+        code = e.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.print("[red]interrupted[/red]")
+        code = 130
+    except UserError as e:
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True)
+        code = 1
+    except Exception as e:  # noqa: BLE001 - the last line of defence for users
+        if debug:
+            raise
+        console.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {escape(str(e))}",
+                      soft_wrap=True)
+        console.print("run again with --debug for the traceback, and please report it")
+        code = 1
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

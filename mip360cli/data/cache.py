@@ -1,0 +1,437 @@
+"""The HDF5 ray cache: a streaming, bounded-memory writer and a chunked reader.
+
+Layout (format version 1)::
+
+    /cameras/{K, c2w, dist, width, height, names, image_paths, source_width, source_height}
+    /split/{train, test}          camera indices
+    /transform                    (4, 4) input world -> normalized world
+    /rays/ray_offsets             (n_train + 1,) uint64: first ray id of each training image
+    /rays/bucket_offsets          (B + 1,) uint64: first row of each bucket
+    /rays/bucket_first_id         (B,) uint64: ray id of each bucket's first row
+    /rays/gap                     (R,) uint32|uint64: ray id minus the previous row's (0 at a bucket start)
+    /rays/rgb                     (R, 3) uint8
+    /test/images/NNNNN            (H, W, 3) uint8 per held-out image
+    attrs: version, fingerprint, format, options (JSON), inputs (JSON), n_rays, n_buckets
+
+A ray id is ``ray_offsets[j] + v * W + u`` for pixel (u, v) of training image
+``j`` (``split/train[j]`` is its camera). Every ray falls into one of B
+buckets at random; a bucket stores its rays sorted by id, which makes the ids
+cheap to store as gaps (the shuffle + gzip filters squeeze them to ~1.5
+bytes). Training reads whole buckets (large contiguous reads) and shuffles
+inside what it has read, so every batch draws from all images.
+
+Memory: images are decoded one at a time (a few in flight with
+``cache.workers``); rays go into a buffer of at most ``cache.memory_mb``; a
+full buffer is sorted by bucket and spilled to a temporary HDF5 file; the
+second pass assembles one bucket at a time. Peak memory is bounded by the
+budget and the bucket size, not by the number of images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..config import CacheConfig, DataConfig
+from ..errors import UserError
+from ..fsutil import atomic_path, ensure_writable_dir, is_disk_full
+from ..progress import info, progress_bar
+from .cameras import Cameras
+from .images import read_image, resize_area
+from .scene import Scene, check_image_size, load_scene
+
+CACHE_VERSION = 1
+DEFAULT_NAME = "mip360_cache.h5"
+# Bytes per buffered ray during the shuffle: id (8) + rgb (3) + bucket (4), doubled for sorting copies.
+_BUFFER_BYTES_PER_RAY = 32
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+def cache_options(data: DataConfig, cache: CacheConfig, fmt: str) -> dict:
+    """The options that change what the cache holds (not speed knobs like workers)."""
+    return {
+        "version": CACHE_VERSION, "format": fmt, "ratio": data.ratio, "frame_interval": data.frame_interval,
+        "test_every": data.test_every, "easymocap_frame": data.easymocap_frame,
+        "bucket_rays": cache.bucket_rays, "seed": cache.seed, "compression": cache.compression,
+    }
+
+
+def input_records(scene: Scene, root: Path) -> list[list]:
+    """[path, size, mtime_ns] of every camera file and selected image."""
+    records = []
+    for p in (*scene.camera_files, *scene.cameras.image_paths):
+        st = os.stat(p)
+        try:
+            name = str(Path(p).resolve().relative_to(root.resolve()))
+        except ValueError:
+            name = str(Path(p).resolve())
+        records.append([name, st.st_size, st.st_mtime_ns])
+    return records
+
+
+def fingerprint(options: dict, records: list[list]) -> str:
+    import hashlib
+
+    blob = json.dumps({"options": options, "inputs": records}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def describe_changes(old_options: dict, old_records: list, options: dict, records: list) -> list[str]:
+    """Human-readable reasons why a cache no longer matches its inputs."""
+    reasons = [f"option {k}: {old_options.get(k)!r} -> {options.get(k)!r}"
+               for k in sorted(set(options) | set(old_options)) if old_options.get(k) != options.get(k)]
+    old = {r[0]: r[1:] for r in old_records}
+    new = {r[0]: r[1:] for r in records}
+    for label, names in (("added", sorted(set(new) - set(old))), ("removed", sorted(set(old) - set(new))),
+                         ("modified", sorted(k for k in set(new) & set(old) if new[k] != old[k]))):
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            reasons.append(f"{len(names)} input file(s) {label}: {shown}")
+    return reasons
+
+
+# ----------------------------------------------------------------------------- building
+
+
+@dataclass
+class CacheSummary:
+    path: Path
+    status: str  # "built" | "up to date"
+    images: int
+    train_images: int
+    test_images: int
+    rays: int
+    bytes: int
+    seconds: float
+    reasons: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def bytes_per_ray(self) -> float:
+        return self.bytes / max(self.rays, 1)
+
+
+def default_cache_path(folder: Path, cache: CacheConfig) -> Path:
+    return Path(cache.path) if cache.path else Path(folder) / DEFAULT_NAME
+
+
+def check_cache(path: Path, options: dict, records: list) -> list[str] | None:
+    """None if ``path`` is an up-to-date cache for these inputs, else the reasons it is not."""
+    if not path.exists():
+        return ["no cache yet"]
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("version") != CACHE_VERSION:
+                return [f"cache format version {f.attrs.get('version')} (this mip360 writes {CACHE_VERSION})"]
+            if f.attrs.get("fingerprint") == fingerprint(options, records):
+                return None
+            return describe_changes(json.loads(f.attrs["options"]), json.loads(f.attrs["inputs"]),
+                                    options, records) or ["inputs changed"]
+    except (OSError, KeyError) as e:
+        return [f"existing file is not a readable cache ({e})"]
+
+
+def build_cache(folder: str | Path, data: DataConfig, cache: CacheConfig, out: str | Path | None = None,
+                force: bool = False) -> CacheSummary:
+    """Build (or confirm up to date) the ray cache of dataset ``folder``.
+
+    A cache whose fingerprint (options + input paths, sizes, mtimes) matches is
+    reused at once; a stale one is rebuilt automatically, and the reasons are
+    reported. ``force`` rebuilds in any case.
+    """
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    scene = load_scene(folder, data)
+    path = Path(out) if out else default_cache_path(folder, cache)
+    if path.exists() and path.is_dir():
+        raise UserError(f"cache path {path} is a folder", hint="give a file name ending in .h5 (--out)")
+    ensure_writable_dir(path.parent)
+    options = cache_options(data, cache, scene.format)
+    records = input_records(scene, folder)
+    reasons = check_cache(path, options, records)
+    summary = dict(path=path, images=len(scene.cameras), train_images=len(scene.train), test_images=len(scene.test))
+    if reasons is None and not force:
+        with h5py.File(path, "r") as f:
+            n_rays = int(f.attrs["n_rays"])
+        return CacheSummary(status="up to date", rays=n_rays, bytes=path.stat().st_size,
+                            seconds=time.perf_counter() - t0, **summary)
+    if reasons is None:
+        reasons = ["--force"]
+    if path.exists():
+        info(f"rebuilding {path}: " + "; ".join(reasons))
+    _remove_leftovers(path)
+    try:
+        with atomic_path(path) as tmp:
+            n_rays = _write_cache(tmp, scene, cache, options, records)
+    except UserError:
+        raise
+    except Exception as e:
+        if is_disk_full(e):
+            raise UserError(f"the disk is full while writing {path}; nothing was left behind",
+                            hint="free some space, or write the cache elsewhere with --out") from e
+        raise
+    return CacheSummary(status="built", rays=n_rays, bytes=path.stat().st_size,
+                        seconds=time.perf_counter() - t0, reasons=reasons, **summary)
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove temp files of an earlier preprocess of ``path`` that was killed."""
+    for p in path.parent.glob(f".{path.name}.*.partial"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+    """``map(fn, items)`` on ``workers`` threads, in order, at most ``2 * workers`` ahead."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    it = iter(items)
+    ex = ThreadPoolExecutor(workers)
+    try:
+        pending = deque(ex.submit(fn, x) for x in islice(it, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            for x in islice(it, 1):
+                pending.append(ex.submit(fn, x))
+            yield result
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def decode_for_cache(scene: Scene, i: int, ratio: float) -> np.ndarray:
+    """Image ``i`` of ``scene`` decoded and resized to its camera: (H, W, 3) uint8."""
+    cams = scene.cameras
+    path = cams.image_paths[i]
+    img = read_image(path)
+    expected = (int(scene.source_width[i]), int(scene.source_height[i]))
+    check_image_size(path, (img.shape[1], img.shape[0]), expected, ratio,
+                     scene.camera_files[0] if scene.camera_files else path)
+    return resize_area(img, int(cams.width[i]), int(cams.height[i]))
+
+
+class _Runs:
+    """Sorted-by-bucket runs of rays: kept in memory, or spilled to a temp HDF5 file."""
+
+    def __init__(self, n_buckets: int, spill_path: Path):
+        self.n_buckets, self.spill_path = n_buckets, spill_path
+        self.file: h5py.File | None = None
+        self.runs: list[tuple] = []
+
+    def add(self, ids: np.ndarray, rgb: np.ndarray, bucket: np.ndarray, spill: bool) -> None:
+        order = np.argsort(bucket, kind="stable")
+        offsets = np.zeros(self.n_buckets + 1, np.int64)
+        np.cumsum(np.bincount(bucket, minlength=self.n_buckets), out=offsets[1:])
+        ids, rgb = ids[order], rgb[order]
+        if spill:
+            if self.file is None:
+                self.file = h5py.File(self.spill_path, "w")
+            g = self.file.create_group(f"run{len(self.runs)}")
+            ids, rgb = g.create_dataset("ids", data=ids), g.create_dataset("rgb", data=rgb)
+        self.runs.append((offsets, ids, rgb))
+
+    def bucket(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """All rays of bucket ``b``, sorted by id: ids (m,), rgb (m, 3)."""
+        parts = [(ids[o[b]:o[b + 1]], rgb[o[b]:o[b + 1]]) for o, ids, rgb in self.runs if o[b + 1] > o[b]]
+        if not parts:
+            return np.zeros(0, np.uint64), np.zeros((0, 3), np.uint8)
+        ids = np.concatenate([p[0] for p in parts])
+        rgb = np.concatenate([p[1] for p in parts])
+        order = np.argsort(ids, kind="stable")
+        return ids[order], rgb[order]
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        with contextlib.suppress(FileNotFoundError):
+            self.spill_path.unlink()
+
+
+def _write_cameras(f: h5py.File, scene: Scene) -> None:
+    cams = scene.cameras
+    g = f.create_group("cameras")
+    for key in ("K", "c2w", "dist", "width", "height"):
+        g.create_dataset(key, data=getattr(cams, key))
+    g.create_dataset("source_width", data=scene.source_width)
+    g.create_dataset("source_height", data=scene.source_height)
+    g.create_dataset("names", data=np.array(cams.names, dtype=object), dtype=h5py.string_dtype())
+    g.create_dataset("image_paths", data=np.array([str(p) for p in cams.image_paths], dtype=object),
+                     dtype=h5py.string_dtype())
+    f.create_dataset("split/train", data=scene.train)
+    f.create_dataset("split/test", data=scene.test)
+    f.create_dataset("transform", data=scene.transform)
+
+
+def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, records: list) -> int:
+    cams = scene.cameras
+    train = scene.train
+    pixels = cams.pixels[train].astype(np.uint64)
+    ray_offsets = np.concatenate([[0], np.cumsum(pixels)]).astype(np.uint64)
+    n_rays = int(ray_offsets[-1])
+    n_buckets = max(1, -(-n_rays // cache.bucket_rays))
+    buffer_rays = max(cache.memory_mb * 2**20 // _BUFFER_BYTES_PER_RAY, 1)
+    rng = np.random.default_rng(cache.seed)
+    id_dtype = np.uint32 if n_rays < 2**32 else np.uint64
+    gzip = dict(compression="gzip", compression_opts=cache.compression, shuffle=True) if cache.compression else {}
+    ratio = options["ratio"]
+    train_pos = {int(i): j for j, i in enumerate(train)}
+    runs = _Runs(n_buckets, tmp.with_name(tmp.name + ".runs.partial"))
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(version=CACHE_VERSION, mip360_version=__version__, format=scene.format,
+                           options=json.dumps(options), inputs=json.dumps(records),
+                           fingerprint=fingerprint(options, records), n_rays=n_rays, n_buckets=n_buckets,
+                           complete=False)
+            _write_cameras(f, scene)
+            test_group = f.create_group("test/images")
+            # Pass 1: stream the images, assign each ray a random bucket, spill sorted runs.
+            buf: list[tuple] = []
+            buffered = 0
+            decode = lambda i: (i, decode_for_cache(scene, i, ratio))  # noqa: E731
+            with progress_bar("reading images", len(cams), "images") as bar:
+                for i, img in ordered_map(decode, range(len(cams)), cache.workers):
+                    if i in train_pos:
+                        j = train_pos[i]
+                        ids = np.arange(ray_offsets[j], ray_offsets[j + 1], dtype=np.uint64)
+                        buf.append((ids, img.reshape(-1, 3), rng.integers(0, n_buckets, len(ids), dtype=np.int32)))
+                        buffered += len(ids)
+                        if buffered >= buffer_rays:
+                            runs.add(*(np.concatenate(x) for x in zip(*buf)), spill=True)
+                            buf, buffered = [], 0
+                    else:
+                        test_group.create_dataset(f"{int(np.searchsorted(scene.test, i)):05d}", data=img,
+                                                  chunks=True, **gzip)
+                    bar.advance()
+            if buf:
+                runs.add(*(np.concatenate(x) for x in zip(*buf)), spill=runs.file is not None)
+                buf = []
+            # Pass 2: one bucket at a time, sorted by id, stored as gaps.
+            g = f.create_group("rays")
+            g.create_dataset("ray_offsets", data=ray_offsets)
+            chunk = int(min(max(n_rays, 1), 1 << 18))
+            gap_ds = g.create_dataset("gap", (n_rays,), dtype=id_dtype, chunks=(chunk,), **gzip)
+            rgb_ds = g.create_dataset("rgb", (n_rays, 3), dtype=np.uint8, chunks=(chunk, 3), **gzip)
+            bucket_offsets = np.zeros(n_buckets + 1, np.uint64)
+            first_ids = np.zeros(n_buckets, np.uint64)
+            pos = 0
+            with progress_bar("shuffling rays", n_buckets, "buckets") as bar:
+                for b in range(n_buckets):
+                    ids, rgb = runs.bucket(b)
+                    m = len(ids)
+                    if m:
+                        first_ids[b] = ids[0]
+                        gaps = np.diff(ids, prepend=ids[0]).astype(id_dtype)
+                        gap_ds[pos:pos + m] = gaps
+                        rgb_ds[pos:pos + m] = rgb
+                    pos += m
+                    bucket_offsets[b + 1] = pos
+                    bar.advance()
+            if pos != n_rays:  # a bug, not user input: never write a cache that lost rays
+                raise RuntimeError(f"ray cache lost rays: wrote {pos} of {n_rays}")
+            g.create_dataset("bucket_offsets", data=bucket_offsets)
+            g.create_dataset("bucket_first_id", data=first_ids)
+            f.attrs["complete"] = True
+    finally:
+        runs.close()
+    return n_rays
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class RayCache:
+    """Read access to a ray cache (cameras, buckets of rays, held-out images).
+
+    Open with ``RayCache(path)`` or as a context manager. Raises UserError if
+    the file is missing, incomplete or of another format version.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise UserError(f"ray cache {self.path} does not exist", hint="build it with `mip360 preprocess DATA`")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as e:
+            raise UserError(f"{self.path} is not a readable HDF5 ray cache ({e})",
+                            hint="rebuild it with `mip360 preprocess DATA --force`") from None
+        a = self.file.attrs
+        if a.get("version") != CACHE_VERSION or not a.get("complete", False):
+            self.file.close()
+            raise UserError(f"{self.path} is not a complete mip360 v{CACHE_VERSION} ray cache",
+                            hint="rebuild it with `mip360 preprocess DATA --force`")
+        self.n_rays = int(a["n_rays"])
+        self.n_buckets = int(a["n_buckets"])
+        self.options = json.loads(a["options"])
+        self.format = str(a["format"])
+        g = self.file["rays"]
+        self.ray_offsets = g["ray_offsets"][:].astype(np.int64)
+        self.bucket_offsets = g["bucket_offsets"][:].astype(np.int64)
+        self.bucket_first_id = g["bucket_first_id"][:].astype(np.int64)
+        self.train = self.file["split/train"][:]
+        self.test = self.file["split/test"][:]
+        self.transform = self.file["transform"][:]
+        c = self.file["cameras"]
+        self.cameras = Cameras.create(
+            c["K"][:], c["c2w"][:], c["width"][:], c["height"][:],
+            [s.decode() if isinstance(s, bytes) else s for s in c["image_paths"][:]],
+            [s.decode() if isinstance(s, bytes) else s for s in c["names"][:]], c["dist"][:])
+
+    def __enter__(self) -> "RayCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def bucket_size(self, b: int) -> int:
+        return int(self.bucket_offsets[b + 1] - self.bucket_offsets[b])
+
+    def read_bucket(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rays of bucket ``b`` (sorted by ray id; shuffle them before use).
+
+        Returns:
+            camera: (m,) int64 camera index (into ``cameras``) of each ray.
+            u, v: (m,) int64 pixel column and row.
+            rgb: (m, 3) uint8 color.
+        """
+        lo, hi = self.bucket_offsets[b], self.bucket_offsets[b + 1]
+        g = self.file["rays"]
+        ids = np.cumsum(g["gap"][lo:hi].astype(np.int64)) + self.bucket_first_id[b]
+        rgb = g["rgb"][lo:hi]
+        j = np.searchsorted(self.ray_offsets, ids, side="right") - 1
+        pix = ids - self.ray_offsets[j]
+        camera = self.train[j].astype(np.int64)
+        width = self.cameras.width[camera]
+        return camera, pix % width, pix // width, rgb
+
+    def test_image(self, k: int) -> np.ndarray:
+        """Held-out image ``k`` (camera ``test[k]``): (H, W, 3) uint8."""
+        return self.file[f"test/images/{k:05d}"][:]
+
+
+def summary_lines(s: CacheSummary) -> list[str]:
+    return [
+        f"cache      {s.path} ({s.status})",
+        f"images     {s.images} ({s.train_images} train, {s.test_images} test)",
+        f"rays       {s.rays:,} ({s.bytes_per_ray:.2f} bytes/ray, {s.bytes / 2**20:,.1f} MiB)",
+        f"time       {s.seconds:.1f} s",
+    ]
+

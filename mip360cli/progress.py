@@ -1,0 +1,69 @@
+"""Progress and messages: a rich bar on a terminal, plain lines elsewhere (CI, files)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+console = Console(stderr=True, highlight=False)
+
+
+def info(message: str) -> None:
+    """A status line for the user (stderr, so stdout stays clean for data)."""
+    console.print(message)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", "it")
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s", style="cyan")
+
+
+class _Plain:
+    """Progress as occasional plain lines: at most every ``interval`` seconds, and at the end."""
+
+    def __init__(self, description: str, total: int, unit: str, interval: float = 5.0):
+        self.description, self.total, self.unit, self.interval = description, total, unit, interval
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.interval or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else 0.0
+            console.print(f"{self.description}: {self.done}/{self.total} {self.unit} "
+                          f"({rate:,.1f} {self.unit}/s, ETA {eta:,.0f} s)", soft_wrap=True)
+
+
+class _Bar:
+    def __init__(self, progress: Progress, task_id):
+        self.progress, self.task_id = progress, task_id
+
+    def advance(self, n: int = 1) -> None:
+        self.progress.advance(self.task_id, n)
+
+
+@contextmanager
+def progress_bar(description: str, total: int, unit: str = "it") -> Iterator[_Bar | _Plain]:
+    """Yield an object with ``advance(n)``; shows rate (``unit``/s) and ETA."""
+    if not console.is_terminal:
+        yield _Plain(description, total, unit)
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        yield _Bar(progress, progress.add_task(description, total=total, unit=unit))

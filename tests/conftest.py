@@ -1,0 +1,35 @@
+"""Shared fixtures: small example scenes written by `mip360 example`'s own code."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mip360cli.data.example import make_example
+
+N_IMAGES, WIDTH, HEIGHT = 16, 32, 24
+
+
+@pytest.fixture(scope="session")
+def scenes(tmp_path_factory) -> dict[str, Path]:
+    """The same example scene in all four formats (read-only: copy before changing)."""
+    root = tmp_path_factory.mktemp("scenes")
+    out = {}
+    for fmt in ("colmap", "llff", "transforms", "easymocap"):
+        make_example(root / fmt, fmt, N_IMAGES, WIDTH, HEIGHT)
+        out[fmt] = root / fmt
+    return out
+
+
+@pytest.fixture
+def scene_copy(scenes, tmp_path):
+    """A writable copy of one format's scene: ``scene_copy('colmap')``."""
+
+    def copy(fmt: str = "colmap") -> Path:
+        dst = tmp_path / f"{fmt}-copy"
+        shutil.copytree(scenes[fmt], dst)
+        return dst
+
+    return copy

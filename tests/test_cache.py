@@ -155,3 +155,34 @@ def test_reader_rejects_incomplete_or_foreign_files(tmp_path):
         f.attrs["complete"] = False
     with pytest.raises(UserError, match="not a complete"):
         RayCache(tmp_path / "half.h5")
+
+
+def test_gap_encoding_round_trips_with_overflow():
+    rng = np.random.default_rng(0)
+    ids = np.cumsum(rng.integers(1, 200_000, 1000)) + 12345  # many gaps above 65535
+    gaps, rows, values = cache_mod.encode_gaps(ids)
+    assert gaps.dtype == np.uint16 and len(rows) > 100 and (gaps[rows] == 0).all()
+    np.testing.assert_array_equal(cache_mod.decode_ids(gaps, ids[0], rows, values), ids)
+
+
+def test_overflowing_gaps_survive_the_cache(scenes, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "_GAP_LIMIT", 3)  # most gaps overflow
+    build_cache(scenes["colmap"], DataConfig(), SMALL, out=tmp_path / "c.h5")
+    with RayCache(tmp_path / "c.h5") as c:
+        assert len(c.overflow_row) > c.n_rays // 2
+    cams, cam, u, v, rgb, _, _ = _all_rays(tmp_path / "c.h5")
+    key = cam * WIDTH * HEIGHT + v * WIDTH + u
+    assert len(np.unique(key)) == len(key) == (N_IMAGES - 2) * WIDTH * HEIGHT
+    i = cam[0]
+    m = cam == i
+    np.testing.assert_array_equal(read_image(cams.image_paths[i])[v[m], u[m]], rgb[m])
+
+
+@pytest.mark.parametrize("compression", ["lzf", "gzip"])
+def test_compressed_caches_hold_the_same_rays(scenes, tmp_path, compression):
+    build_cache(scenes["colmap"], DataConfig(), SMALL, out=tmp_path / "plain.h5")
+    build_cache(scenes["colmap"], DataConfig(), CacheConfig(bucket_rays=2048, compression=compression),
+                out=tmp_path / "packed.h5")
+    a, b = _all_rays(tmp_path / "plain.h5"), _all_rays(tmp_path / "packed.h5")
+    for x, y in zip(a[1:5], b[1:5]):
+        np.testing.assert_array_equal(x, y)

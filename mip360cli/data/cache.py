@@ -8,7 +8,8 @@ Layout (format version 1)::
     /rays/ray_offsets             (n_train + 1,) uint64: first ray id of each training image
     /rays/bucket_offsets          (B + 1,) uint64: first row of each bucket
     /rays/bucket_first_id         (B,) uint64: ray id of each bucket's first row
-    /rays/gap                     (R,) uint32|uint64: ray id minus the previous row's (0 at a bucket start)
+    /rays/gap                     (R,) uint16: ray id minus the previous row's (0 at a bucket start)
+    /rays/overflow_row, overflow_gap  (K,) int64: the rare gaps > 65535 (stored as 0 in ``gap``)
     /rays/rgb                     (R, 3) uint8
     /test/images/NNNNN            (H, W, 3) uint8 per held-out image
     attrs: version, fingerprint, format, options (JSON), inputs (JSON), n_rays, n_buckets
@@ -16,8 +17,9 @@ Layout (format version 1)::
 A ray id is ``ray_offsets[j] + v * W + u`` for pixel (u, v) of training image
 ``j`` (``split/train[j]`` is its camera). Every ray falls into one of B
 buckets at random; a bucket stores its rays sorted by id, which makes the ids
-cheap to store as gaps (the shuffle + gzip filters squeeze them to ~1.5
-bytes). Training reads whole buckets (large contiguous reads) and shuffles
+cheap to store as gaps: the mean gap is the number of buckets, so 16 bits
+hold all but a vanishing fraction (kept in a small overflow table); 5 bytes
+per ray before compression. Training reads whole buckets (large contiguous reads) and shuffles
 inside what it has read, so every batch draws from all images.
 
 Memory: images are decoded one at a time (a few in flight with
@@ -55,8 +57,11 @@ from .scene import Scene, check_image_size, load_scene
 
 CACHE_VERSION = 1
 DEFAULT_NAME = "mip360_cache.h5"
-# Bytes per buffered ray during the shuffle: id (8) + rgb (3) + bucket (4), doubled for sorting copies.
+# Bytes per buffered ray during the shuffle: id (4-8) + rgb (3) + bucket (2-4), about doubled for the
+# sorted copies made when a run is spilled.
 _BUFFER_BYTES_PER_RAY = 32
+_FILTERS = {"lzf": dict(compression="lzf", shuffle=True), "gzip": dict(compression="gzip", compression_opts=4,
+                                                                        shuffle=True), "none": {}}
 
 
 # ----------------------------------------------------------------------------- fingerprint
@@ -174,6 +179,7 @@ def build_cache(folder: str | Path, data: DataConfig, cache: CacheConfig, out: s
     if path.exists():
         info(f"rebuilding {path}: " + "; ".join(reasons))
     _remove_leftovers(path)
+    _return_freed_memory_to_the_os()
     try:
         with atomic_path(path) as tmp:
             n_rays = _write_cache(tmp, scene, cache, options, records)
@@ -188,6 +194,23 @@ def build_cache(folder: str | Path, data: DataConfig, cache: CacheConfig, out: s
                         seconds=time.perf_counter() - t0, reasons=reasons, **summary)
 
 
+def _return_freed_memory_to_the_os() -> None:
+    """Fix glibc's mmap threshold at 1 MiB.
+
+    By default glibc raises the threshold after large frees, so later image-sized
+    buffers come from per-thread heaps that fragment and never shrink: peak RSS
+    then creeps up with the number of images. With a fixed threshold, every
+    image-sized buffer is its own mapping and is returned when freed.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def _remove_leftovers(path: Path) -> None:
     """Remove temp files of an earlier preprocess of ``path`` that was killed."""
     for p in path.parent.glob(f".{path.name}.*.partial"):
@@ -196,14 +219,14 @@ def _remove_leftovers(path: Path) -> None:
 
 
 def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-    """``map(fn, items)`` on ``workers`` threads, in order, at most ``2 * workers`` ahead."""
+    """``map(fn, items)`` on ``workers`` threads, in order, at most ``workers + 1`` results ahead."""
     if workers <= 1:
         yield from map(fn, items)
         return
     it = iter(items)
     ex = ThreadPoolExecutor(workers)
     try:
-        pending = deque(ex.submit(fn, x) for x in islice(it, 2 * workers))
+        pending = deque(ex.submit(fn, x) for x in islice(it, workers + 1))
         while pending:
             result = pending.popleft().result()
             for x in islice(it, 1):
@@ -224,19 +247,58 @@ def decode_for_cache(scene: Scene, i: int, ratio: float) -> np.ndarray:
     return resize_area(img, int(cams.width[i]), int(cams.height[i]))
 
 
-class _Runs:
-    """Sorted-by-bucket runs of rays: kept in memory, or spilled to a temp HDF5 file."""
+def bucket_sort_image(pixels: int, n_buckets: int, seed: int, index: int, rgb: np.ndarray, id_dtype
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Give each pixel of one image a random bucket and order the pixels by bucket.
 
-    def __init__(self, n_buckets: int, spill_path: Path):
-        self.n_buckets, self.spill_path = n_buckets, spill_path
+    Runs in the decoding threads (numpy's sort and take release the GIL). The
+    generator is seeded by (seed, index), so the result does not depend on
+    thread scheduling. The sort is stable: within a bucket, pixels stay in order.
+
+    Args:
+        rgb: (P, 3) uint8 colors of the image's pixels in raster order.
+    Returns:
+        pix: (P,) pixel indices ordered by bucket; rgb: (P, 3) likewise; counts: (B,) rays per bucket.
+    """
+    label_dtype = np.uint16 if n_buckets <= 2**16 else np.int32
+    labels = np.random.default_rng([seed, index]).integers(0, n_buckets, pixels, dtype=label_dtype)
+    order = np.argsort(labels, kind="stable")  # a radix sort for uint16 labels
+    counts = np.bincount(labels, minlength=n_buckets)
+    return order.astype(id_dtype), np.take(rgb, order, axis=0), counts
+
+
+class _Runs:
+    """Bucket-major runs of rays: kept in memory, or spilled to a temp HDF5 file.
+
+    Invariant that spares all sorting by ray id: images arrive in order, each
+    image's pixels are stably sorted by bucket, and a run places, for every
+    bucket, the images' segments one after the other; so a bucket's rays are in
+    id order within a run, and the runs of a bucket concatenated in order are too.
+    """
+
+    def __init__(self, n_buckets: int, id_dtype, spill_path: Path):
+        self.n_buckets, self.id_dtype, self.spill_path = n_buckets, id_dtype, spill_path
         self.file: h5py.File | None = None
         self.runs: list[tuple] = []
 
-    def add(self, ids: np.ndarray, rgb: np.ndarray, bucket: np.ndarray, spill: bool) -> None:
-        order = np.argsort(bucket, kind="stable")
+    def add(self, images: list[tuple], spill: bool) -> None:
+        """Interleave bucket-sorted images into one bucket-major run.
+
+        Args:
+            images: (first ray id, pix (P,), rgb (P, 3), counts (B,)) per image, in id order.
+        """
+        counts = np.stack([im[3] for im in images]).astype(np.int64)  # (k, B)
         offsets = np.zeros(self.n_buckets + 1, np.int64)
-        np.cumsum(np.bincount(bucket, minlength=self.n_buckets), out=offsets[1:])
-        ids, rgb = ids[order], rgb[order]
+        np.cumsum(counts.sum(0), out=offsets[1:])
+        starts = offsets[:-1] + np.cumsum(counts, axis=0) - counts  # where image i's bucket b goes
+        ids = np.empty(offsets[-1], self.id_dtype)
+        rgb = np.empty((offsets[-1], 3), np.uint8)
+        for i, (first, pix, col, cnt) in enumerate(images):
+            seg = np.concatenate([[0], np.cumsum(cnt)])
+            for b in np.flatnonzero(cnt):
+                dst, src, n = starts[i, b], seg[b], cnt[b]
+                np.add(pix[src:src + n], first, out=ids[dst:dst + n], casting="unsafe")
+                rgb[dst:dst + n] = col[src:src + n]
         if spill:
             if self.file is None:
                 self.file = h5py.File(self.spill_path, "w")
@@ -245,14 +307,11 @@ class _Runs:
         self.runs.append((offsets, ids, rgb))
 
     def bucket(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """All rays of bucket ``b``, sorted by id: ids (m,), rgb (m, 3)."""
+        """All rays of bucket ``b``, in id order: ids (m,), rgb (m, 3)."""
         parts = [(ids[o[b]:o[b + 1]], rgb[o[b]:o[b + 1]]) for o, ids, rgb in self.runs if o[b + 1] > o[b]]
         if not parts:
-            return np.zeros(0, np.uint64), np.zeros((0, 3), np.uint8)
-        ids = np.concatenate([p[0] for p in parts])
-        rgb = np.concatenate([p[1] for p in parts])
-        order = np.argsort(ids, kind="stable")
-        return ids[order], rgb[order]
+            return np.zeros(0, self.id_dtype), np.zeros((0, 3), np.uint8)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def close(self) -> None:
         if self.file is not None:
@@ -260,6 +319,32 @@ class _Runs:
             self.file = None
         with contextlib.suppress(FileNotFoundError):
             self.spill_path.unlink()
+
+
+_GAP_LIMIT = 2**16 - 1
+
+
+def encode_gaps(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted ray ids of one bucket -> uint16 gaps plus the overflowing ones.
+
+    Args:
+        ids: (m,) increasing ray ids.
+    Returns:
+        gaps: (m,) uint16, 0 for the first row and for every overflowing gap;
+        rows: (k,) int64 rows whose gap exceeds the uint16 range; values: (k,) their gaps.
+    """
+    gaps = np.diff(ids.astype(np.int64), prepend=int(ids[0]) if len(ids) else 0)
+    rows = np.flatnonzero(gaps > _GAP_LIMIT)
+    values = gaps[rows]
+    gaps[rows] = 0
+    return gaps.astype(np.uint16), rows, values
+
+
+def decode_ids(gaps: np.ndarray, first_id: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_gaps`: (m,) int64 ray ids."""
+    full = gaps.astype(np.int64)
+    full[rows] = values
+    return np.cumsum(full) + first_id
 
 
 def _write_cameras(f: h5py.File, scene: Scene) -> None:
@@ -285,12 +370,19 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
     n_rays = int(ray_offsets[-1])
     n_buckets = max(1, -(-n_rays // cache.bucket_rays))
     buffer_rays = max(cache.memory_mb * 2**20 // _BUFFER_BYTES_PER_RAY, 1)
-    rng = np.random.default_rng(cache.seed)
     id_dtype = np.uint32 if n_rays < 2**32 else np.uint64
-    gzip = dict(compression="gzip", compression_opts=cache.compression, shuffle=True) if cache.compression else {}
+    filters = _FILTERS[cache.compression]
     ratio = options["ratio"]
     train_pos = {int(i): j for j, i in enumerate(train)}
-    runs = _Runs(n_buckets, tmp.with_name(tmp.name + ".runs.partial"))
+    runs = _Runs(n_buckets, id_dtype, tmp.with_name(tmp.name + ".runs.partial"))
+
+    def decode(i: int) -> tuple:
+        img = decode_for_cache(scene, i, ratio)
+        if i not in train_pos:
+            return i, img, None
+        j = train_pos[i]  # the decoded image is dropped here: only its bucket-sorted copy travels on
+        return i, None, bucket_sort_image(int(pixels[j]), n_buckets, cache.seed, j, img.reshape(-1, 3), id_dtype)
+
     try:
         with h5py.File(tmp, "w") as f:
             f.attrs.update(version=CACHE_VERSION, mip360_version=__version__, format=scene.format,
@@ -302,30 +394,28 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
             # Pass 1: stream the images, assign each ray a random bucket, spill sorted runs.
             buf: list[tuple] = []
             buffered = 0
-            decode = lambda i: (i, decode_for_cache(scene, i, ratio))  # noqa: E731
             with progress_bar("reading images", len(cams), "images") as bar:
-                for i, img in ordered_map(decode, range(len(cams)), cache.workers):
-                    if i in train_pos:
-                        j = train_pos[i]
-                        ids = np.arange(ray_offsets[j], ray_offsets[j + 1], dtype=np.uint64)
-                        buf.append((ids, img.reshape(-1, 3), rng.integers(0, n_buckets, len(ids), dtype=np.int32)))
-                        buffered += len(ids)
+                for i, img, sorted_rays in ordered_map(decode, range(len(cams)), cache.workers):
+                    if sorted_rays is not None:
+                        buf.append((ray_offsets[train_pos[i]], *sorted_rays))
+                        buffered += len(sorted_rays[0])
                         if buffered >= buffer_rays:
-                            runs.add(*(np.concatenate(x) for x in zip(*buf)), spill=True)
+                            runs.add(buf, spill=True)
                             buf, buffered = [], 0
                     else:
                         test_group.create_dataset(f"{int(np.searchsorted(scene.test, i)):05d}", data=img,
-                                                  chunks=True, **gzip)
+                                                  chunks=True, **_FILTERS["lzf"])
                     bar.advance()
             if buf:
-                runs.add(*(np.concatenate(x) for x in zip(*buf)), spill=runs.file is not None)
+                runs.add(buf, spill=runs.file is not None)
                 buf = []
             # Pass 2: one bucket at a time, sorted by id, stored as gaps.
             g = f.create_group("rays")
             g.create_dataset("ray_offsets", data=ray_offsets)
             chunk = int(min(max(n_rays, 1), 1 << 18))
-            gap_ds = g.create_dataset("gap", (n_rays,), dtype=id_dtype, chunks=(chunk,), **gzip)
-            rgb_ds = g.create_dataset("rgb", (n_rays, 3), dtype=np.uint8, chunks=(chunk, 3), **gzip)
+            gap_ds = g.create_dataset("gap", (n_rays,), dtype=np.uint16, chunks=(chunk,), **filters)
+            overflow_rows, overflow_gaps = [], []
+            rgb_ds = g.create_dataset("rgb", (n_rays, 3), dtype=np.uint8, chunks=(chunk, 3), **filters)
             bucket_offsets = np.zeros(n_buckets + 1, np.uint64)
             first_ids = np.zeros(n_buckets, np.uint64)
             pos = 0
@@ -335,8 +425,11 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
                     m = len(ids)
                     if m:
                         first_ids[b] = ids[0]
-                        gaps = np.diff(ids, prepend=ids[0]).astype(id_dtype)
+                        gaps, rows, values = encode_gaps(ids)
                         gap_ds[pos:pos + m] = gaps
+                        if len(rows):
+                            overflow_rows.append(rows + pos)
+                            overflow_gaps.append(values)
                         rgb_ds[pos:pos + m] = rgb
                     pos += m
                     bucket_offsets[b + 1] = pos
@@ -345,6 +438,8 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
                 raise RuntimeError(f"ray cache lost rays: wrote {pos} of {n_rays}")
             g.create_dataset("bucket_offsets", data=bucket_offsets)
             g.create_dataset("bucket_first_id", data=first_ids)
+            g.create_dataset("overflow_row", data=np.concatenate([np.zeros(0, np.int64), *overflow_rows]))
+            g.create_dataset("overflow_gap", data=np.concatenate([np.zeros(0, np.int64), *overflow_gaps]))
             f.attrs["complete"] = True
     finally:
         runs.close()
@@ -383,6 +478,8 @@ class RayCache:
         self.ray_offsets = g["ray_offsets"][:].astype(np.int64)
         self.bucket_offsets = g["bucket_offsets"][:].astype(np.int64)
         self.bucket_first_id = g["bucket_first_id"][:].astype(np.int64)
+        self.overflow_row = g["overflow_row"][:]
+        self.overflow_gap = g["overflow_gap"][:]
         self.train = self.file["split/train"][:]
         self.test = self.file["split/test"][:]
         self.transform = self.file["transform"][:]
@@ -414,7 +511,9 @@ class RayCache:
         """
         lo, hi = self.bucket_offsets[b], self.bucket_offsets[b + 1]
         g = self.file["rays"]
-        ids = np.cumsum(g["gap"][lo:hi].astype(np.int64)) + self.bucket_first_id[b]
+        a, z = np.searchsorted(self.overflow_row, [lo, hi])
+        ids = decode_ids(g["gap"][lo:hi], self.bucket_first_id[b], self.overflow_row[a:z] - lo,
+                         self.overflow_gap[a:z])
         rgb = g["rgb"][lo:hi]
         j = np.searchsorted(self.ray_offsets, ids, side="right") - 1
         pix = ids - self.ray_offsets[j]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 from rich.markup import escape
 
@@ -117,39 +117,101 @@ def preprocess_cmd(
         typer.echo(line)
 
 
+@app.command("train")
+def train_cmd(
+    ctx: typer.Context,
+    data: Path = typer.Argument(..., help="A ray cache (.h5) or a dataset folder (its cache is built first)."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP,
+                                                    show_default=False),
+    run: Optional[Path] = typer.Option(None, "--run", "-r", help="Run folder [default: runs/<DATA name>]."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N [default: auto]."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Processes on this machine (one per GPU; CPU processes "
+                                                      "with gloo when there is no GPU)."),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines taking part (multi-machine training)."),
+    node_rank: Optional[int] = typer.Option(None, "--node-rank", help="This machine's rank (0..nnodes-1)."),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint",
+                                                help="HOST:PORT every machine can reach, for the rendezvous."),
+    max_restarts: int = typer.Option(0, "--max-restarts", min=0,
+                                     help="Restart all processes this often after a failure (elastic; "
+                                          "each restart resumes from the last checkpoint)."),
+    restart: bool = typer.Option(False, "--restart", help="Discard the run's checkpoints and start over."),
+) -> None:
+    """Train a Mip-NeRF 360 model; running it again resumes from the last checkpoint.
+
+    With --gpus N (or --nnodes) the command re-launches itself through
+    torch.distributed.run: DDP with NCCL on GPUs, gloo on CPUs.
+    """
+    from .config import load_config
+    from .train import checkpoint as ckpt
+    from .train import distributed
+    from .train.loop import Interrupted, train
+
+    cfg = load_config(config, overrides or [], {"train.device": device})
+    run = run or Path("runs") / (data.stem if data.suffix == ".h5" else data.resolve().name)
+    if (gpus > 1 or nnodes > 1) and not distributed.launched_by_torchrun():
+        if restart:  # once, here: an elastic restart of the workers must resume, not start over
+            for _, p in ckpt.list_checkpoints(run):
+                p.unlink()
+        argv = ["train", str(data), *(overrides or []), "--run", str(run)]
+        for flag, value in (("--config", config), ("--device", device)):
+            if value is not None:
+                argv += [flag, str(value)]
+        debug = bool(ctx.obj and ctx.obj.get("debug"))
+        code = distributed.relaunch(argv + (["--debug"] if debug else []), gpus, nnodes=nnodes,
+                                    node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts)
+        if code != 0:
+            raise UserError(f"training stopped: a process exited with code {code} (its message is above)",
+                            hint="fix the problem, then run the same command again to resume")
+        return
+    try:
+        summary = train(data, run, cfg, restart=restart)
+    except Interrupted as e:
+        console.print(f"interrupted at step {e.step}: checkpoint saved; run the same command to resume")
+        raise typer.Exit(130 if e.signum == 2 else 143)
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"run        {summary.run}")
+        typer.echo(f"steps      {summary.step} (resumed from {summary.resumed_from})")
+        typer.echo(f"train PSNR {summary.last_psnr:.2f} dB (last batch)")
+        if summary.val_psnr is not None:
+            typer.echo(f"val PSNR   {summary.val_psnr:.2f} dB (held-out view 0)")
+        if summary.nonfinite_steps:
+            typer.echo(f"skipped    {summary.nonfinite_steps} non-finite steps")
+
+
 def _strip_debug(argv: list[str]) -> tuple[list[str], bool]:
     """``--debug`` is accepted anywhere on the line."""
     return [a for a in argv if a != "--debug"], "--debug" in argv
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point: run the CLI, turning errors into one message and an exit code."""
+    """Entry point: run the CLI, turning errors into one message and an exit code.
+
+    Usage errors and ``--help`` are handled by Typer (standalone mode, exit code 2
+    and 0); a :class:`UserError` becomes ``error: ...`` and exit code 1; anything
+    else an "internal error" line. ``--debug`` (anywhere) shows the traceback.
+    """
     argv, debug = _strip_debug(list(sys.argv[1:] if argv is None else argv))
-    command = typer.main.get_command(app)
     try:
-        result = command.main(args=argv, prog_name="mip360", standalone_mode=False)
-        code = result if isinstance(result, int) else 0
-    except click.exceptions.Exit as e:
-        code = e.exit_code
-    except click.ClickException as e:
-        e.show()
-        code = e.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+        app(args=argv, prog_name="mip360", obj={"debug": debug})
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
-        code = 130
+        return 130
     except UserError as e:
         if debug:
             raise
         console.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True)
-        code = 1
+        return 1
     except Exception as e:  # noqa: BLE001 - the last line of defence for users
         if debug:
             raise
         console.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {escape(str(e))}",
                       soft_wrap=True)
         console.print("run again with --debug for the traceback, and please report it")
-        code = 1
-    return code
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

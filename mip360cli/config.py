@@ -132,6 +132,21 @@ class TrainConfig:
     interlevel_weight: float = 1.0
     distortion_weight: float = 0.01
     seed: int = 0
+    checkpoint_every: int = 5000
+    """Steps between checkpoints (also written at the end and on SIGINT/SIGTERM)."""
+    keep_checkpoints: int = 3
+    log_every: int = 100
+    """Steps between lines of metrics.jsonl."""
+    val_every: int = 10000
+    """Steps between validation renders of a held-out view (0 = only at the end)."""
+    max_nonfinite: int = 20
+    """Stop after this many steps in a row with a non-finite loss or gradient."""
+    device: str = "auto"
+    """auto (CUDA when present), cuda, cuda:N or cpu."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """MLP precision: auto = bf16 autocast on CUDA, fp32 on CPU."""
+    compile: bool = False
+    """torch.compile the MLPs (CUDA)."""
 
 
 @dataclass
@@ -407,6 +422,17 @@ def validate(cfg: Config) -> None:
         (c.workers >= 1, "cache.workers must be >= 1", c.workers),
         (cfg.train.batch_rays >= 1, "train.batch_rays must be >= 1", cfg.train.batch_rays),
         (cfg.train.max_steps >= 1, "train.max_steps must be >= 1", cfg.train.max_steps),
+        (cfg.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1", cfg.train.checkpoint_every),
+        (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1", cfg.train.keep_checkpoints),
+        (cfg.train.log_every >= 1, "train.log_every must be >= 1", cfg.train.log_every),
+        (cfg.train.val_every >= 0, "train.val_every must be >= 0", cfg.train.val_every),
+        (cfg.train.max_nonfinite >= 1, "train.max_nonfinite must be >= 1", cfg.train.max_nonfinite),
+        (cfg.train.lr_init > 0 and cfg.train.lr_final > 0, "train.lr_init and lr_final must be > 0",
+         (cfg.train.lr_init, cfg.train.lr_final)),
+        (min([*cfg.model.prop.samples, cfg.model.nerf.samples]) >= 2, "every level needs >= 2 samples",
+         [*cfg.model.prop.samples, cfg.model.nerf.samples]),
+        (0 <= cfg.model.nerf.skip < cfg.model.nerf.depth - 1, "model.nerf.skip must be in [0, depth - 1)",
+         cfg.model.nerf.skip),
         (len(cfg.model.prop.samples) >= 1, "model.prop.samples needs at least one level",
          cfg.model.prop.samples),
         (cfg.render.chunk_rays >= 1, "render.chunk_rays must be >= 1", cfg.render.chunk_rays),

@@ -35,35 +35,43 @@ class _Plain:
 
     def __init__(self, description: str, total: int, unit: str, interval: float = 5.0):
         self.description, self.total, self.unit, self.interval = description, total, unit, interval
-        self.done = 0
+        self.done = self.start_done = 0
         self.start = self.last = time.perf_counter()
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, status: str = "") -> None:
         self.done += n
         now = time.perf_counter()
         if now - self.last >= self.interval or self.done >= self.total:
             self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
+            rate = (self.done - self.start_done) / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else 0.0
             console.print(f"{self.description}: {self.done}/{self.total} {self.unit} "
-                          f"({rate:,.1f} {self.unit}/s, ETA {eta:,.0f} s)", soft_wrap=True)
+                          f"({rate:,.1f} {self.unit}/s, ETA {eta:,.0f} s){'  ' + status if status else ''}",
+                          soft_wrap=True, markup=False)
 
 
 class _Bar:
     def __init__(self, progress: Progress, task_id):
         self.progress, self.task_id = progress, task_id
 
-    def advance(self, n: int = 1) -> None:
-        self.progress.advance(self.task_id, n)
+    def advance(self, n: int = 1, status: str = "") -> None:
+        self.progress.update(self.task_id, advance=n, status=status)
 
 
 @contextmanager
-def progress_bar(description: str, total: int, unit: str = "it") -> Iterator[_Bar | _Plain]:
-    """Yield an object with ``advance(n)``; shows rate (``unit``/s) and ETA."""
+def progress_bar(description: str, total: int, unit: str = "it", completed: int = 0,
+                 interval: float = 5.0) -> Iterator[_Bar | _Plain]:
+    """Yield an object with ``advance(n, status="")``; shows rate (``unit``/s), ETA and the status text.
+
+    On a terminal: a rich bar. Elsewhere: a plain line at most every ``interval`` seconds.
+    """
     if not console.is_terminal:
-        yield _Plain(description, total, unit)
+        plain = _Plain(description, total, unit, interval)
+        plain.done = plain.start_done = completed
+        yield plain
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
     with Progress(*columns, console=console, transient=False) as progress:
-        yield _Bar(progress, progress.add_task(description, total=total, unit=unit))
+        yield _Bar(progress, progress.add_task(description, total=total, unit=unit, completed=completed,
+                                               status=""))

@@ -159,3 +159,8 @@ def test_bad_example_options(tmp_path, capsys):
     _fail(["example", tmp_path / "x", "--size", "3x3"], capsys, "--size")
     _fail(["example", tmp_path / "x", "--format", "nope"], capsys, "unknown format 'nope'")
     _fail(["example", tmp_path / "x", "--format", "llff", "--distortion", "0.1"], capsys, "LLFF cannot store")
+
+
+def test_usage_errors_exit_2(capsys):
+    code, out, err = run(["preprocess", "--bogus"], capsys)
+    assert code == 2 and "--bogus" in (out + err)

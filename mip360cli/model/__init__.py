@@ -1,0 +1,1 @@
+"""The model: pure math modules (coord, stepfun, render, losses) composed in model.py."""

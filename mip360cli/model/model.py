@@ -1,0 +1,121 @@
+"""Mip-NeRF 360: proposal levels and the NeRF level composed from the pure modules."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import DataConfig, ModelConfig
+from . import coord, render, stepfun
+from .fields import NerfMLP, ProposalMLP
+
+
+@dataclass
+class Level:
+    """One sampling level of a batch of rays.
+
+    s: (R, n+1) normalized edges; t: (R, n+1) metric edges; weights: (R, n);
+    rgb: (R, 3) composited color (NeRF level only, else None).
+    """
+
+    s: torch.Tensor
+    t: torch.Tensor
+    weights: torch.Tensor
+    rgb: torch.Tensor | None = None
+
+
+class Mip360(nn.Module):
+    """Three-level sampler: proposal, proposal (one shared MLP), NeRF.
+
+    Args:
+        cfg: the ``model`` config section.
+        near, far: ray bounds in normalized scene units (``data.near``, ``data.far``).
+    """
+
+    def __init__(self, cfg: ModelConfig, near: float, far: float):
+        super().__init__()
+        self.cfg, self.near, self.far = cfg, near, far
+        self.samples = [*cfg.prop.samples, cfg.nerf.samples]
+        self.proposal = ProposalMLP(cfg.encoding, cfg.prop)
+        self.nerf = NerfMLP(cfg.encoding, cfg.nerf)
+        self.mlp_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 for autocast on CUDA
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, data: DataConfig) -> "Mip360":
+        return cls(model, data.near, data.far)
+
+    def n_levels(self) -> int:
+        return len(self.samples)
+
+    def _autocast(self, device: torch.device):
+        if self.mlp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.mlp_dtype)
+
+    def forward(self, origins: torch.Tensor, directions: torch.Tensor, viewdirs: torch.Tensor,
+                train_frac: float = 1.0, jitter: torch.Tensor | None = None) -> list[Level]:
+        """Render a batch of rays through every level.
+
+        Args:
+            origins, directions, viewdirs: (R, 3) rays (directions not normalized).
+            train_frac: step / max_steps for annealing (1 at render time).
+            jitter: None for deterministic sampling, else (R, n_levels) uniform
+                [0, 1) numbers: one offset per ray and level (single jitter).
+        Returns:
+            one :class:`Level` per level; the last holds the NeRF color.
+        """
+        cfg = self.cfg
+        n_rays = origins.shape[0]
+        s = torch.tensor([0.0, 1.0], device=origins.device).expand(n_rays, 2)
+        w = torch.ones(n_rays, 1, device=origins.device)
+        levels: list[Level] = []
+        prod_samples = 1
+        for i, n in enumerate(self.samples):
+            if i > 0:
+                dilation = cfg.dilation_bias + cfg.dilation_multiplier / prod_samples
+                s, w = stepfun.max_dilate_weights(s, w, dilation, domain=(0.0, 1.0), renormalize=True)
+                s, w = s[..., 1:-1], w[..., 1:-1]
+            prod_samples *= n
+            logits = stepfun.anneal_weights(s, w, train_frac, cfg.anneal_slope)
+            s = stepfun.sample_intervals(s, logits, n, None if jitter is None else jitter[:, i:i + 1],
+                                         domain=(0.0, 1.0)).detach()
+            t = coord.s_to_t(s, self.near, self.far)
+            tmid = (t[..., 1:] + t[..., :-1]) / 2
+            x = coord.contract(origins[:, None, :] + directions[:, None, :] * tmid[..., None])
+            last = i == len(self.samples) - 1
+            with self._autocast(origins.device):
+                if last:
+                    density, rgb = self.nerf(x, viewdirs)
+                else:
+                    density, rgb = self.proposal(x), None
+            density = density.float()
+            w = render.alpha_weights(density, t, directions, cfg.opaque_background)
+            color = render.composite(w, rgb.float()) if last else None
+            levels.append(Level(s, t, w, color))
+            w = w.detach()
+        return levels
+
+
+def render_rays(model: Mip360, origins: torch.Tensor, directions: torch.Tensor, viewdirs: torch.Tensor,
+                chunk: int, depth: bool = True) -> dict[str, torch.Tensor]:
+    """Render rays deterministically in chunks (memory bounded by ``chunk``), without gradients.
+
+    Args:
+        origins, directions, viewdirs: (R, 3).
+    Returns:
+        rgb (R, 3), acc (R,), and with ``depth`` mean_depth (R,), median_depth (R,).
+    """
+    out: dict[str, list[torch.Tensor]] = {"rgb": [], "acc": [], "mean_depth": [], "median_depth": []}
+    with torch.inference_mode():
+        for a in range(0, origins.shape[0], chunk):
+            sl = slice(a, a + chunk)
+            last = model(origins[sl], directions[sl], viewdirs[sl])[-1]
+            out["rgb"].append(last.rgb)
+            out["acc"].append(last.weights.sum(-1))
+            if depth:
+                out["mean_depth"].append(render.mean_depth(last.weights, last.t, model.near, model.far))
+                out["median_depth"].append(render.median_depth(last.weights, last.t, model.near, model.far))
+    return {k: torch.cat(v) for k, v in out.items() if v}

@@ -1,0 +1,1 @@
+"""Training: schedule, ray batches from the cache, checkpoints, DDP, the loop."""

@@ -1,0 +1,89 @@
+"""Random training rays streamed from the ray cache, resumable from a step number."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.cache import RayCache
+from ..errors import UserError
+
+
+class RayBatcher:
+    """Batches of random rays for one data shard.
+
+    Shard ``shard`` of ``num_shards`` reads, in epoch e, the buckets
+    ``perm_e[shard::num_shards]`` (``perm_e`` a permutation seeded by (seed, e)),
+    each read whole (one contiguous read) and permuted in memory by a generator
+    seeded by (seed, e, bucket). Every bucket is a uniform sample of all
+    training rays, so each batch draws from all images.
+
+    The stream is a pure function of (seed, shard, num_shards), so the position
+    after k batches is found by arithmetic on bucket sizes (:meth:`seek`):
+    resuming needs only the step number.
+    """
+
+    def __init__(self, cache: RayCache, shard: int, num_shards: int, batch: int, seed: int):
+        if cache.n_buckets < num_shards:
+            raise UserError(
+                f"the ray cache {cache.path} has {cache.n_buckets} bucket(s), fewer than the {num_shards} "
+                "data shards (one per process)",
+                hint="rebuild it with a smaller cache.bucket_rays, e.g. `mip360 preprocess DATA "
+                     f"cache.bucket_rays={max(1024, cache.n_rays // (4 * num_shards))} --force`")
+        self.cache, self.shard, self.num_shards, self.batch, self.seed = cache, shard, num_shards, batch, seed
+        self.sizes = np.diff(cache.bucket_offsets)
+        self.epoch, self.index, self.offset = 0, 0, 0
+        self._loaded: tuple[int, int] | None = None
+        self._data: tuple[np.ndarray, ...] | None = None
+
+    def _buckets(self, epoch: int) -> np.ndarray:
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.cache.n_buckets)
+        return perm[self.shard::self.num_shards]
+
+    def seek(self, batches: int) -> None:
+        """Position the stream after ``batches`` batches from the start."""
+        remaining = batches * self.batch
+        self.epoch, self.index, self.offset = 0, 0, 0
+        while True:
+            buckets = self._buckets(self.epoch)
+            sizes = self.sizes[buckets]
+            total = int(sizes.sum())
+            if remaining >= total:
+                remaining -= total
+                self.epoch += 1
+                continue
+            ends = np.cumsum(sizes)
+            self.index = int(np.searchsorted(ends, remaining, side="right"))
+            self.offset = int(remaining - (ends[self.index - 1] if self.index else 0))
+            return
+
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "bucket_index": self.index, "offset": self.offset}
+
+    def _bucket_data(self) -> tuple[np.ndarray, ...]:
+        bucket = int(self._buckets(self.epoch)[self.index])
+        if self._loaded != (self.epoch, bucket):
+            camera, u, v, rgb = self.cache.read_bucket(bucket)
+            perm = np.random.default_rng([self.seed, self.epoch, bucket]).permutation(len(camera))
+            self._data = (camera[perm].astype(np.int32), u[perm].astype(np.int32), v[perm].astype(np.int32),
+                          rgb[perm])
+            self._loaded = (self.epoch, bucket)
+        return self._data
+
+    def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The next batch: camera (B,), u (B,), v (B,) int32 and rgb (B, 3) uint8."""
+        parts = []
+        need = self.batch
+        while need > 0:
+            data = self._bucket_data()
+            take = min(need, len(data[0]) - self.offset)
+            parts.append(tuple(x[self.offset:self.offset + take] for x in data))
+            self.offset += take
+            need -= take
+            if self.offset >= len(data[0]):
+                self.offset = 0
+                self.index += 1
+                if self.index >= len(self._buckets(self.epoch)):
+                    self.index, self.epoch = 0, self.epoch + 1
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate(x) for x in zip(*parts))

@@ -1,0 +1,82 @@
+"""Several processes: re-launch through torch.distributed.run, and the process group inside it."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def torchrun_command(argv: list[str], nproc: int, nnodes: int = 1, node_rank: int | None = None,
+                     rdzv_endpoint: str | None = None, max_restarts: int = 0) -> list[str]:
+    """The ``python -m torch.distributed.run ... -m mip360cli ARGV`` line for ``nproc`` processes per node."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}",
+           f"--max_restarts={max_restarts}"]
+    if rdzv_endpoint:
+        cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv_endpoint}", "--rdzv_id=mip360"]
+        if node_rank is not None:
+            cmd.append(f"--node_rank={node_rank}")
+    else:
+        cmd.append("--standalone")
+    return cmd + ["-m", "mip360cli", *argv]
+
+
+def relaunch(argv: list[str], nproc: int, **kwargs) -> int:
+    """Run this command again under torch.distributed.run; return its exit code."""
+    return subprocess.call(torchrun_command(argv, nproc, **kwargs))
+
+
+def init(device_type: str, timeout_s: float = 600.0) -> DistEnv:
+    """Join the process group when launched by torch.distributed.run (NCCL on CUDA, gloo on CPU)."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return DistEnv()
+    env = DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
+                  int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return env
+
+
+def all_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Mean of ``values`` over all ranks (identity for one process)."""
+    if env.enabled:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= env.world
+    return values
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()
+
+
+def shutdown(env: DistEnv) -> None:
+    if env.enabled and dist.is_initialized():
+        dist.destroy_process_group()

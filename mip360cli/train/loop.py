@@ -1,0 +1,387 @@
+"""The training loop: rays from the cache, the three-level model, losses, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import Config, config_hash, config_to_dict, save_config
+from ..data.cache import RayCache, build_cache, default_cache_path
+from ..data.cameras import Cameras, cameras_to_tensors, pixel_rays
+from ..errors import UserError
+from ..fsutil import atomic_write_text, ensure_writable_dir
+from ..model import losses
+from ..model.model import Level, Mip360, render_rays
+from ..progress import info, progress_bar, warn
+from . import checkpoint as ckpt
+from . import distributed
+from .batches import RayBatcher
+from .schedule import learning_rate
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT/SIGTERM after writing a checkpoint."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.signum = step, signum
+
+
+@dataclass
+class TrainSummary:
+    run: Path
+    step: int
+    resumed_from: int
+    last_psnr: float
+    val_psnr: float | None
+    rays_per_s: float
+    nonfinite_steps: int
+
+
+# ----------------------------------------------------------------------------- setup helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}'", hint="use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this machine has no CUDA GPU visible to PyTorch",
+                        hint="use --device cpu, or install a CUDA build of torch")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device type '{device.type}' is not supported", hint="use cpu or cuda")
+    return device
+
+
+def open_cache(data: Path, cfg: Config, env: distributed.DistEnv) -> RayCache:
+    """DATA is a cache file, or a dataset folder whose cache is built or checked first."""
+    if not data.exists():
+        raise UserError(f"{data} does not exist", hint="give a dataset folder or a cache made by `mip360 preprocess`")
+    if data.is_dir():
+        path = default_cache_path(data, cfg.cache)
+        if env.local_rank == 0:
+            summary = build_cache(data, cfg.data, cfg.cache, out=path)
+            info(f"ray cache {summary.path} ({summary.status}, {summary.rays:,} rays)")
+        distributed.barrier(env)
+    else:
+        path = data
+    return RayCache(path)
+
+
+def adopt_cache_options(cfg: Config, cache: RayCache) -> None:
+    """A cache fixes the data options it was built with; the run's config records those."""
+    opts = cache.options
+    for key in ("ratio", "frame_interval", "test_every", "easymocap_frame"):
+        if getattr(cfg.data, key) != opts[key]:
+            info(f"data.{key} = {opts[key]} (from the cache {cache.path.name}; "
+                 f"the config said {getattr(cfg.data, key)})")
+            setattr(cfg.data, key, opts[key])
+
+
+def cameras_json(cameras: Cameras, cache: RayCache) -> str:
+    return json.dumps({
+        "convention": "OpenCV axes (x right, y down, z forward), camera-to-world, normalized scene",
+        "transform_input_to_normalized": cache.transform.tolist(),
+        "train": cache.train.tolist(), "test": cache.test.tolist(),
+        "cameras": [{"name": cameras.names[i], "K": cameras.K[i].tolist(), "c2w": cameras.c2w[i].tolist(),
+                     "width": int(cameras.width[i]), "height": int(cameras.height[i]),
+                     "dist": cameras.dist[i].tolist()} for i in range(len(cameras))],
+    }, indent=1)
+
+
+@contextmanager
+def stop_signals() -> Iterator[dict]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks after each step."""
+    state = {"signum": 0}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, frame):
+        if state["signum"]:  # a second signal: stop now
+            raise KeyboardInterrupt
+        state["signum"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def jitter_for(seed: int, step: int, shards: list[int], sizes: list[int], levels: int,
+               device: torch.device) -> torch.Tensor:
+    """Single-jitter offsets (sum(sizes), levels), a pure function of (seed, step, shard)."""
+    parts = []
+    for shard, n in zip(shards, sizes):
+        g = torch.Generator().manual_seed(hash((seed, step, shard)) & 0x7FFF_FFFF_FFFF_FFFF)
+        parts.append(torch.rand(n, levels, generator=g))
+    return torch.cat(parts).to(device)
+
+
+def compute_losses(levels: list[Level], gt: torch.Tensor, cfg: Config) -> dict[str, torch.Tensor]:
+    """Charbonnier data loss on the NeRF level, interlevel loss per proposal level, distortion."""
+    last = levels[-1]
+    data = losses.charbonnier(last.rgb, gt)
+    inter = sum(losses.interlevel(last.s, last.weights, lv.s, lv.weights).mean() for lv in levels[:-1])
+    dist = losses.distortion(last.s, last.weights).mean()
+    total = data + cfg.train.interlevel_weight * inter + cfg.train.distortion_weight * dist
+    mse = ((last.rgb.detach() - gt) ** 2).mean()
+    return {"loss": total, "data": data, "interlevel": inter, "distortion": dist, "mse": mse}
+
+
+def render_view(model: Mip360, tensors: dict, cameras: Cameras, index: int, chunk: int,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """Render camera ``index`` of ``cameras``: rgb (H, W, 3), median_depth (H, W), ..."""
+    w, h = int(cameras.width[index]), int(cameras.height[index])
+    v, u = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    cam = torch.full((h * w,), index, dtype=torch.long, device=device)
+    o, d, vd = pixel_rays(tensors["K"], tensors["c2w"], tensors["dist"], cam, u.reshape(-1), v.reshape(-1))
+    out = render_rays(model, o, d, vd, chunk)
+    return {k: x.reshape(h, w, *x.shape[1:]) for k, x in out.items()}
+
+
+def depth_to_color(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Turbo colormap of 1/depth over [1/hi, 1/lo]: (H, W, 3) uint8 RGB."""
+    inv = 1 / np.clip(depth, lo, hi)
+    x = (inv - 1 / hi) / max(1 / lo - 1 / hi, 1e-12)
+    bgr = cv2.applyColorMap(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def validate(model: Mip360, tensors: dict, cache: RayCache, run: Path, step: int, chunk: int,
+             device: torch.device) -> float | None:
+    """Render held-out view 0; write GT | render | depth to RUN/val/; return its PSNR."""
+    if len(cache.test) == 0:
+        return None
+    was_training = model.training
+    model.eval()
+    out = render_view(model, tensors, cache.cameras, int(cache.test[0]), chunk, device)
+    model.train(was_training)
+    gt = cache.test_image(0)
+    rgb = out["rgb"].clamp(0, 1).cpu().numpy()
+    psnr = float(losses.mse_to_psnr(float(((rgb - gt / 255.0) ** 2).mean())))
+    depth = out["median_depth"].cpu().numpy()
+    panel = np.concatenate([gt, np.round(rgb * 255).astype(np.uint8),
+                            depth_to_color(depth, float(np.percentile(depth, 1)), float(np.percentile(depth, 99)))],
+                           axis=1)
+    (run / "val").mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(run / "val" / f"step_{step:07d}.png"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+    return psnr
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics logged after ``step`` (by the part of a run a resume replays)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(data: str | Path, run: str | Path, cfg: Config, restart: bool = False,
+          data_shards: int | None = None) -> TrainSummary:
+    """Train (or resume) a run.
+
+    Args:
+        data: a ray cache (.h5) or a dataset folder (its cache is built or checked first).
+        run: the run directory (config.yaml, cameras.json, checkpoints/, metrics.jsonl, val/).
+        cfg: the resolved config.
+        restart: discard the run's checkpoints and start over.
+        data_shards: in a single process, read this many data shards (default 1) so the global
+            batch matches a run on that many processes (used to check DDP against one process).
+    """
+    data, run = Path(data), Path(run)
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    env = distributed.init(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", env.local_rank if env.enabled else (device.index or 0))
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif env.local_world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world))
+    try:
+        return _train(data, run, cfg, restart, data_shards, device, env)
+    finally:
+        distributed.shutdown(env)
+
+
+def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int | None, device: torch.device,
+           env: distributed.DistEnv) -> TrainSummary:
+    tc = cfg.train
+    if env.is_main:
+        ensure_writable_dir(run)
+    cache = open_cache(data, cfg, env)
+    adopt_cache_options(cfg, cache)
+    num_shards = env.world if env.enabled else (data_shards or 1)
+    shards = [env.rank] if env.enabled else list(range(num_shards))
+    if tc.batch_rays % num_shards:
+        raise UserError(f"train.batch_rays={tc.batch_rays} does not split evenly over {num_shards} processes",
+                        hint=f"use a multiple of {num_shards}")
+    per_shard = tc.batch_rays // num_shards
+
+    torch.manual_seed(tc.seed)
+    model = Mip360.from_config(cfg.model, cfg.data).to(device)
+    if device.type == "cuda" and tc.precision in ("auto", "bf16"):
+        model.mlp_dtype = torch.bfloat16
+    if tc.compile:
+        model.proposal = torch.compile(model.proposal)
+        model.nerf = torch.compile(model.nerf)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr_init, betas=(tc.adam_beta1, tc.adam_beta2),
+                                 eps=tc.adam_eps, **({"fused": True} if device.type == "cuda" else {}))
+
+    # Resume, or start over.
+    start_step, nonfinite_total = 0, 0
+    existing = ckpt.list_checkpoints(run)
+    resolved = config_to_dict(cfg)
+    fingerprint = str(cache.file.attrs["fingerprint"])
+    if existing and restart:
+        distributed.barrier(env)
+        if env.is_main:
+            for _, p in existing:
+                p.unlink(missing_ok=True)
+            (run / "metrics.jsonl").unlink(missing_ok=True)
+            info(f"--restart: removed {len(existing)} checkpoint(s) of {run}")
+        distributed.barrier(env)
+    elif existing:
+        step0, path = existing[-1]
+        state = ckpt.load_checkpoint(path)
+        breaking, harmless = ckpt.config_changes(state["config"], resolved)
+        if state.get("cache_fingerprint") != fingerprint:
+            breaking.append("the ray cache (its images, cameras or options)")
+        if breaking:
+            raise UserError(f"cannot resume {run}: the config changed in a way the checkpoint at step {step0} "
+                            f"cannot follow: {', '.join(breaking)}",
+                            hint="start over with --restart, use another --run, or undo the change")
+        if harmless:
+            info(f"resuming with changed options: {', '.join(harmless)}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start_step, nonfinite_total = int(state["step"]), int(state.get("nonfinite_total", 0))
+        if env.is_main:
+            info(f"resuming {run} from step {start_step} ({path.name})")
+    if start_step >= tc.max_steps:
+        info(f"{run} already trained to step {start_step} (train.max_steps={tc.max_steps})")
+
+    if env.is_main:
+        save_config(cfg, run / "config.yaml")
+        atomic_write_text(run / "cameras.json", cameras_json(cache.cameras, cache))
+        _truncate_metrics(run / "metrics.jsonl", start_step)
+
+    batchers = [RayBatcher(cache, s, num_shards, per_shard, tc.seed) for s in shards]
+    for b in batchers:
+        b.seek(start_step)
+    tensors = cameras_to_tensors(cache.cameras, device)
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if env.enabled else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    levels_n = model.n_levels()
+
+    def save(step: int) -> None:
+        if env.is_main:
+            ckpt.save_checkpoint(run, step, {
+                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": {"torch": torch.get_rng_state()}, "config": resolved, "config_hash": config_hash(cfg),
+                "cache_fingerprint": fingerprint, "nonfinite_total": nonfinite_total,
+                "reader": [b.position() for b in batchers] if not env.enabled else batchers[0].position(),
+            }, tc.keep_checkpoints)
+
+    metrics_file = open(run / "metrics.jsonl", "a") if env.is_main else None
+    step, consecutive_bad, last_psnr, val_psnr = start_step, 0, float("nan"), None
+    window_t, window_steps, rays_per_s = time.perf_counter(), 0, 0.0
+    saved_at = start_step
+    try:
+        with stop_signals() as sig, progress_bar("training", tc.max_steps, "steps", completed=start_step,
+                                                 interval=10.0) as bar:
+            while step < tc.max_steps:
+                lr = learning_rate(step, tc.lr_init, tc.lr_final, tc.max_steps, tc.lr_delay_steps, tc.lr_delay_mult)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                parts = [b.next() for b in batchers]
+                cam, u, v, rgb = (np.concatenate(x) if len(parts) > 1 else x[0] for x in zip(*parts))
+                cam_t = torch.from_numpy(cam).to(device, torch.long)
+                o, d, vd = pixel_rays(tensors["K"], tensors["c2w"], tensors["dist"], cam_t,
+                                      torch.from_numpy(u).to(device), torch.from_numpy(v).to(device))
+                gt = torch.from_numpy(rgb).to(device).float() / 255.0
+                jitter = jitter_for(tc.seed, step, shards, [per_shard] * len(shards), levels_n, device)
+                levels = net(o, d, vd, train_frac=step / tc.max_steps, jitter=jitter)
+                terms = compute_losses(levels, gt, cfg)
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                max_norm = tc.grad_max_norm if tc.grad_max_norm > 0 else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                finite = torch.isfinite(terms["loss"].detach()) & torch.isfinite(grad_norm)
+                stats = torch.stack([terms[k].detach().float() for k in ("loss", "data", "interlevel", "distortion",
+                                                                         "mse")]
+                                    + [finite.float(), torch.tensor(float(sig["signum"] > 0), device=device)])
+                stats = distributed.all_mean(torch.nan_to_num(stats, nan=float("inf")), env)
+                all_finite = bool(stats[5] == 1)
+                if all_finite:
+                    optimizer.step()
+                    consecutive_bad = 0
+                else:
+                    consecutive_bad += 1
+                    nonfinite_total += 1
+                    warn(f"step {step}: non-finite loss or gradient, step skipped "
+                         f"({consecutive_bad} in a row, {nonfinite_total} in all)")
+                    if consecutive_bad >= tc.max_nonfinite:
+                        last = ckpt.list_checkpoints(run)
+                        raise UserError(
+                            f"training diverged: {consecutive_bad} steps in a row had a non-finite loss or "
+                            f"gradient (at step {step})",
+                            hint=(f"the last good checkpoint is {last[-1][1]}; " if last else "")
+                            + "lower train.lr_init or check the data, then run again to resume")
+                step += 1
+                window_steps += 1
+                if all_finite:
+                    last_psnr = float(losses.mse_to_psnr(float(stats[4])))
+                status = f"loss {float(stats[0]):.4f}  psnr {last_psnr:.2f}  lr {lr:.2e}"
+                if step % tc.log_every == 0 or step == tc.max_steps:
+                    now = time.perf_counter()
+                    rays_per_s = window_steps * tc.batch_rays / max(now - window_t, 1e-9)
+                    window_t, window_steps = now, 0
+                    if metrics_file:
+                        metrics_file.write(json.dumps({
+                            "step": step, "loss": float(stats[0]), "data": float(stats[1]),
+                            "interlevel": float(stats[2]), "distortion": float(stats[3]), "psnr": last_psnr,
+                            "lr": lr, "rays_per_s": round(rays_per_s, 1), "nonfinite": nonfinite_total}) + "\n")
+                        metrics_file.flush()
+                bar.advance(1, status=status + (f"  {rays_per_s:,.0f} rays/s" if rays_per_s else ""))
+                if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+                    save(step)
+                    saved_at = step
+                if env.is_main and ((tc.val_every and step % tc.val_every == 0) or step == tc.max_steps):
+                    val_psnr = validate(model, tensors, cache, run, step, cfg.render.chunk_rays, device)
+                    if val_psnr is not None and metrics_file:
+                        metrics_file.write(json.dumps({"step": step, "val_psnr": val_psnr}) + "\n")
+                        metrics_file.flush()
+                if float(stats[6]) > 0:  # some rank got SIGINT/SIGTERM: all stop at this step
+                    if saved_at != step:
+                        save(step)
+                    raise Interrupted(step, sig["signum"] or signal.SIGTERM)
+    finally:
+        if metrics_file:
+            metrics_file.close()
+        cache.close()
+    return TrainSummary(run, step, start_step, last_psnr, val_psnr, rays_per_s, nonfinite_total)

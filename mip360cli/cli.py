@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -191,7 +192,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     and 0); a :class:`UserError` becomes ``error: ...`` and exit code 1; anything
     else an "internal error" line. ``--debug`` (anywhere) shows the traceback.
     """
-    argv, debug = _strip_debug(list(sys.argv[1:] if argv is None else argv))
+    if argv is None:
+        # A process started by torch.distributed.run gets its arguments from the environment.
+        launched = os.environ.get("MIP360_TORCHRUN_ARGV") if "LOCAL_RANK" in os.environ else None
+        argv = json.loads(launched) if launched else sys.argv[1:]
+    argv, debug = _strip_debug(list(argv))
     try:
         app(args=argv, prog_name="mip360", obj={"debug": debug})
         return 0

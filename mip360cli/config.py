@@ -129,6 +129,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-6
     grad_max_norm: float = 1e-3
+    """Clip gradients to this global norm; 0 = no clipping."""
     interlevel_weight: float = 1.0
     distortion_weight: float = 0.01
     seed: int = 0

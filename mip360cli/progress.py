@@ -9,6 +9,7 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+from rich.markup import escape
 from rich.text import Text
 
 console = Console(stderr=True, highlight=False)
@@ -16,11 +17,11 @@ console = Console(stderr=True, highlight=False)
 
 def info(message: str) -> None:
     """A status line for the user (stderr, so stdout stays clean for data)."""
-    console.print(message)
+    console.print(message, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
 class _RateColumn(ProgressColumn):

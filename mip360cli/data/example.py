@@ -114,13 +114,14 @@ def trace(o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q = p[m] / ENCLOSURE_RADIUS
     az = np.arctan2(q[:, 1], q[:, 0])
     el = np.arcsin(np.clip(q[:, 2], -1, 1))
-    panel = np.floor((az + np.pi) / (2 * np.pi) * 12).astype(int) % 3
-    palette = np.array([[0.55, 0.7, 0.9], [0.75, 0.6, 0.85], [0.6, 0.85, 0.75]])
-    stripes = 0.85 + 0.15 * (np.floor(el * 20) % 2)
-    rgb[m] = palette[panel] * stripes[:, None] * (0.7 + 0.3 * np.clip(el, 0, 1))[:, None]
-    # Floor: tiles of 0.5 units.
+    panel = np.floor((az + np.pi) / (2 * np.pi) * 6).astype(int) % 6
+    palette = np.array([[0.9, 0.25, 0.2], [0.95, 0.8, 0.2], [0.25, 0.75, 0.3],
+                        [0.2, 0.7, 0.85], [0.3, 0.3, 0.9], [0.85, 0.3, 0.75]])
+    stripes = 0.8 + 0.2 * (np.floor(el * 8) % 2)
+    rgb[m] = palette[panel] * stripes[:, None] * (0.75 + 0.25 * np.clip(el, 0, 1))[:, None]
+    # Floor: tiles of 0.75 units.
     m = kind == -2
-    rgb[m] = _checker(p[m, 0] / 0.5, p[m, 1] / 0.5, (0.55, 0.45, 0.35), (0.3, 0.28, 0.25))
+    rgb[m] = _checker(p[m, 0] / 0.75, p[m, 1] / 0.75, (0.9, 0.85, 0.75), (0.2, 0.2, 0.25))
     normal[m] = (0, 0, 1)
     for i, s in enumerate(SPHERES):
         m = kind == i

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -32,9 +33,16 @@ def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def torchrun_command(argv: list[str], nproc: int, nnodes: int = 1, node_rank: int | None = None,
+ARGV_ENV = "MIP360_TORCHRUN_ARGV"
+
+
+def torchrun_command(nproc: int, nnodes: int = 1, node_rank: int | None = None,
                      rdzv_endpoint: str | None = None, max_restarts: int = 0) -> list[str]:
-    """The ``python -m torch.distributed.run ... -m mip360cli ARGV`` line for ``nproc`` processes per node."""
+    """The ``python -m torch.distributed.run ... -m mip360cli`` line for ``nproc`` processes per node.
+
+    The command's own arguments travel in the environment (:data:`ARGV_ENV`): torchrun's
+    argument parser would otherwise claim options such as ``--run`` as abbreviations of its own.
+    """
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}",
            f"--max_restarts={max_restarts}"]
     if rdzv_endpoint:
@@ -43,12 +51,13 @@ def torchrun_command(argv: list[str], nproc: int, nnodes: int = 1, node_rank: in
             cmd.append(f"--node_rank={node_rank}")
     else:
         cmd.append("--standalone")
-    return cmd + ["-m", "mip360cli", *argv]
+    return cmd + ["-m", "mip360cli"]
 
 
 def relaunch(argv: list[str], nproc: int, **kwargs) -> int:
-    """Run this command again under torch.distributed.run; return its exit code."""
-    return subprocess.call(torchrun_command(argv, nproc, **kwargs))
+    """Run ``mip360 ARGV`` again under torch.distributed.run; return its exit code."""
+    env = {**os.environ, ARGV_ENV: json.dumps(argv)}
+    return subprocess.call(torchrun_command(nproc, **kwargs), env=env)
 
 
 def init(device_type: str, timeout_s: float = 600.0) -> DistEnv:

@@ -1,0 +1,227 @@
+"""Training on the example scene: quality, DDP equivalence, exact resume, NaN handling, bad options."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mip360cli.config import CacheConfig, DataConfig, load_config
+from mip360cli.data.cache import RayCache, build_cache
+from mip360cli.data.cameras import cameras_to_tensors
+from mip360cli.data.example import make_example
+from mip360cli.errors import UserError
+from mip360cli.model.model import Mip360
+from mip360cli.train import checkpoint as ckpt
+from mip360cli.train.batches import RayBatcher
+from mip360cli.train.loop import render_view, train
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """24 views of 32x24 (21 train, 3 held out), buckets of 2048 rays."""
+    root = tmp_path_factory.mktemp("train")
+    make_example(root / "scene", "colmap", 24, 32, 24)
+    return build_cache(root / "scene", DataConfig(), CacheConfig(bucket_rays=2048), out=root / "cache.h5").path
+
+
+def cfg(*overrides):
+    return load_config("tiny", ["train.val_every=0", "train.log_every=5", *overrides])
+
+
+def params_of(path: Path) -> dict:
+    return ckpt.load_checkpoint(path)["model"]
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def test_batcher_seek_and_epochs(cache):
+    with RayCache(cache) as c:
+        a = RayBatcher(c, 0, 2, 300, seed=1)
+        for _ in range(7):
+            a.next()
+        b = RayBatcher(c, 0, 2, 300, seed=1)
+        b.seek(7)
+        for x, y in zip(a.next(), b.next()):
+            np.testing.assert_array_equal(x, y)
+        # one epoch of the two shards together holds every ray exactly once
+        keys = []
+        for shard in (0, 1):
+            r = RayBatcher(c, shard, 2, 1, seed=1)
+            n = int(sum(c.bucket_size(int(bk)) for bk in r._buckets(0)))
+            r.batch = n
+            cam, u, v, _ = r.next()
+            keys.append(cam.astype(np.int64) * 10_000 + v * 100 + u)
+        allk = np.concatenate(keys)
+        assert len(allk) == c.n_rays == len(np.unique(allk))
+
+
+def _psnr(a, b):
+    return -10 * np.log10(((a - b) ** 2).mean())
+
+
+def test_training_beats_the_mean_color_by_6db(cache, tmp_path):
+    """The tiny preset on the example scene, 1000 steps of 512 rays (about a minute on 2 cores)."""
+    t0 = time.perf_counter()
+    summary = train(cache, tmp_path / "run", cfg("train.max_steps=1000", "train.log_every=100"))
+    seconds = time.perf_counter() - t0
+    assert summary.step == 1000
+    with RayCache(cache) as c:
+        rgb = np.concatenate([c.read_bucket(b)[3] for b in range(c.n_buckets)]) / 255.0
+        mean_color = rgb.mean(0)
+        state = params_of(ckpt.list_checkpoints(tmp_path / "run")[-1][1])
+        config = load_config(tmp_path / "run" / "config.yaml")
+        model = Mip360.from_config(config.model, config.data)
+        model.load_state_dict(state)
+        tensors = cameras_to_tensors(c.cameras)
+        base, ours = [], []
+        for k, i in enumerate(c.test):
+            gt = c.test_image(k) / 255.0
+            out = render_view(model, tensors, c.cameras, int(i), 4096, torch.device("cpu"))
+            ours.append(_psnr(out["rgb"].clamp(0, 1).numpy(), gt))
+            base.append(_psnr(np.broadcast_to(mean_color, gt.shape), gt))
+    print(f"\nheld-out PSNR {np.mean(ours):.2f} dB vs mean color {np.mean(base):.2f} dB "
+          f"({seconds:.0f} s of training)")
+    assert np.mean(ours) >= np.mean(base) + 6.0
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == list(range(100, 1001, 100))
+    assert (tmp_path / "run" / "val" / "step_0001000.png").exists()
+    assert (tmp_path / "run" / "cameras.json").exists() and (tmp_path / "run" / "config.yaml").exists()
+
+
+def _mip360(*args, env=None):
+    return [sys.executable, "-m", "mip360cli", *map(str, args)]
+
+
+def test_ddp_two_processes_equal_one_process(cache, tmp_path):
+    """2 gloo processes vs one process reading the same two data shards, same global batch and seed."""
+    steps = ["train.max_steps=4", "train.batch_rays=256", "train.checkpoint_every=4", "train.lr_delay_steps=0"]
+    r = subprocess.run(_mip360("train", cache, "--gpus", 2, "--run", tmp_path / "ddp", "--config", "tiny",
+                               "train.val_every=0", *steps), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the two processes does on this 2-core machine
+    try:
+        train(cache, tmp_path / "one", cfg(*steps), data_shards=2)
+    finally:
+        torch.set_num_threads(threads)
+    train(cache, tmp_path / "wrong", cfg(*steps), data_shards=1)  # another batch: the scale of a real mismatch
+    a = params_of(tmp_path / "ddp" / "checkpoints" / "step_0000004.pt")
+    b = params_of(tmp_path / "one" / "checkpoints" / "step_0000004.pt")
+    c = params_of(tmp_path / "wrong" / "checkpoints" / "step_0000004.pt")
+    flat = lambda x, y: torch.cat([(x[k].float() - y[k].float()).abs().flatten() for k in x])  # noqa: E731
+    same, wrong, moved = flat(a, b), flat(a, c), flat(a, params_of_init(cache))
+    print(f"\nDDP vs one process after 4 steps: max |dp| {same.max():.2e}, "
+          f"{(same > 1e-5).float().mean():.2%} of parameters differ by > 1e-5; "
+          f"with a different batch: max {wrong.max():.2e}, {(wrong > 1e-5).float().mean():.2%}; "
+          f"movement max {moved.max():.2e}; mean |dp| / mean movement: {same.mean() / moved.mean():.2e} "
+          f"(different batch: {wrong.mean() / moved.mean():.2e})")
+    # Tolerance: float reduction order differs (gloo all-reduce vs one sum). Adam turns a gradient that
+    # is ~0 into a step of up to +-lr, so a few near-zero-gradient weights may differ by ~lr/10; a real
+    # mismatch (other rays, no all-reduce) moves most weights differently by ~lr.
+    assert moved.max() > 1e-2
+    assert same.max() < 5e-3 and same.mean() < 0.01 * moved.mean()
+    assert wrong.mean() > 0.1 * moved.mean()  # the check can tell a real mismatch apart
+
+
+def params_of_init(cache):
+    c = load_config("tiny")
+    torch.manual_seed(c.train.seed)
+    return Mip360.from_config(c.model, c.data).state_dict()
+
+
+def test_sigterm_then_resume_equals_uninterrupted(cache, tmp_path):
+    args = ["--config", "tiny", "train.max_steps=40", "train.batch_rays=128", "train.log_every=1",
+            "train.val_every=0", "train.checkpoint_every=1000"]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_mip360("train", cache, "--run", run, *args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out + err
+    assert "interrupted at step" in err
+    stopped = ckpt.list_checkpoints(run)[-1][0]
+    assert 8 <= stopped < 40
+    r = subprocess.run(_mip360("train", cache, "--run", run, *args), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and f"resuming {run} from step {stopped}" in r.stderr, r.stderr
+    r = subprocess.run(_mip360("train", cache, "--run", tmp_path / "straight", *args), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    a = params_of(ckpt.list_checkpoints(run)[-1][1])
+    b = params_of(ckpt.list_checkpoints(tmp_path / "straight")[-1][1])
+    assert max_diff(a, b) == 0.0
+    steps = [m["step"] for m in map(json.loads, metrics.read_text().splitlines()) if "loss" in m]
+    assert steps == list(range(1, 41))  # the replayed part is not logged twice
+
+
+def test_nonfinite_steps_are_skipped_and_counted(cache, tmp_path, monkeypatch, capsys):
+    from mip360cli.model import losses
+
+    real = losses.charbonnier
+    calls = {"n": 0}
+
+    def flaky(rgb, gt, eps=1e-3):
+        calls["n"] += 1
+        value = real(rgb, gt, eps)
+        return value * float("nan") if calls["n"] in (3, 4) else value
+
+    monkeypatch.setattr(losses, "charbonnier", flaky)
+    summary = train(cache, tmp_path / "nan", cfg("train.max_steps=8", "train.batch_rays=128"))
+    assert summary.step == 8 and summary.nonfinite_steps == 2
+    assert "non-finite loss or gradient, step skipped" in capsys.readouterr().err
+    state = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "nan")[-1][1])
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+    # always NaN: stops after max_nonfinite in a row, the earlier checkpoint intact
+    monkeypatch.setattr(losses, "charbonnier", lambda rgb, gt, eps=1e-3: real(rgb, gt, eps) * float("nan"))
+    before = ckpt.list_checkpoints(tmp_path / "nan")
+    with pytest.raises(UserError, match="training diverged: 3 steps in a row"):
+        train(cache, tmp_path / "nan", cfg("train.max_steps=20", "train.batch_rays=128", "train.max_nonfinite=3"))
+    assert ckpt.list_checkpoints(tmp_path / "nan") == before
+
+
+def test_resume_refuses_a_changed_model(cache, tmp_path):
+    train(cache, tmp_path / "r", cfg("train.max_steps=2", "train.batch_rays=64"))
+    with pytest.raises(UserError, match="model.nerf.width") as e:
+        train(cache, tmp_path / "r", cfg("train.max_steps=4", "train.batch_rays=64", "model.nerf.width=32"))
+    assert "--restart" in str(e.value)
+    s = train(cache, tmp_path / "r", cfg("train.max_steps=4", "train.batch_rays=64", "model.nerf.width=32"),
+              restart=True)
+    assert s.resumed_from == 0 and s.step == 4
+    s = train(cache, tmp_path / "r", cfg("train.max_steps=6", "train.batch_rays=64", "model.nerf.width=32"))
+    assert s.resumed_from == 4  # max_steps may change
+
+
+def test_bad_training_options(cache, tmp_path, capsys):
+    from mip360cli.cli import main
+
+    def fail(*argv):
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert code != 0 and "Traceback" not in err
+        return err
+
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in fail("train", cache, "--run", tmp_path / "x", "--device", "cuda")
+    assert "does not exist" in fail("train", tmp_path / "nope.h5", "--run", tmp_path / "x")
+    assert "must be >= 2 samples" in fail("train", cache, "--run", tmp_path / "x", "model.nerf.samples=1") \
+        or "every level needs >= 2 samples" in fail("train", cache, "--run", tmp_path / "x", "model.nerf.samples=1")
+    with pytest.raises(UserError, match="does not split evenly over 2"):
+        train(cache, tmp_path / "y", cfg("train.batch_rays=33", "train.max_steps=1"), data_shards=2)
+    with RayCache(cache) as c:
+        with pytest.raises(UserError, match="fewer than the 64 data shards"):
+            RayBatcher(c, 0, 64, 8, 0)

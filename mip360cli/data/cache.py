@@ -179,7 +179,6 @@ def build_cache(folder: str | Path, data: DataConfig, cache: CacheConfig, out: s
     if path.exists():
         info(f"rebuilding {path}: " + "; ".join(reasons))
     _remove_leftovers(path)
-    _return_freed_memory_to_the_os()
     try:
         with atomic_path(path) as tmp:
             n_rays = _write_cache(tmp, scene, cache, options, records)
@@ -194,20 +193,19 @@ def build_cache(folder: str | Path, data: DataConfig, cache: CacheConfig, out: s
                         seconds=time.perf_counter() - t0, reasons=reasons, **summary)
 
 
-def _return_freed_memory_to_the_os() -> None:
-    """Fix glibc's mmap threshold at 1 MiB.
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
 
-    By default glibc raises the threshold after large frees, so later image-sized
-    buffers come from per-thread heaps that fragment and never shrink: peak RSS
-    then creeps up with the number of images. With a fixed threshold, every
-    image-sized buffer is its own mapping and is returned when freed.
+    Image-sized buffers freed by the decode threads otherwise stay in per-thread
+    heaps that fragment, and peak RSS creeps up with the number of images. Unlike
+    fixing glibc's mmap threshold, trimming changes no allocator policy, so a
+    process that trains afterwards keeps torch's allocations fast.
     """
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: nothing to tune
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
         pass
 
 
@@ -405,6 +403,7 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
                     else:
                         test_group.create_dataset(f"{int(np.searchsorted(scene.test, i)):05d}", data=img,
                                                   chunks=True, **_FILTERS["lzf"])
+                    _trim_heap()
                     bar.advance()
             if buf:
                 runs.add(buf, spill=runs.file is not None)

@@ -194,6 +194,13 @@ def test_nonfinite_steps_are_skipped_and_counted(cache, tmp_path, monkeypatch, c
     assert ckpt.list_checkpoints(tmp_path / "nan") == before
 
 
+def test_checkpoints_keep_the_last_k(cache, tmp_path):
+    train(cache, tmp_path / "k", cfg("train.max_steps=5", "train.batch_rays=64", "train.checkpoint_every=1",
+                                     "train.keep_checkpoints=2"))
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "k")] == [4, 5]
+    assert not [p for p in (tmp_path / "k" / "checkpoints").iterdir() if "partial" in p.name]
+
+
 def test_resume_refuses_a_changed_model(cache, tmp_path):
     train(cache, tmp_path / "r", cfg("train.max_steps=2", "train.batch_rays=64"))
     with pytest.raises(UserError, match="model.nerf.width") as e:

@@ -180,6 +180,163 @@ def train_cmd(
             typer.echo(f"skipped    {summary.nonfinite_steps} non-finite steps")
 
 
+RENDER_ALIASES_HELP = ("Aliases of the earlier port: ratio=R, vis_depth_map=true (mean depth), "
+                       "vis_median_depth=true (median depth); or render.chunk_rays=N.")
+
+
+def _render_overrides(overrides: list[str], ratio: float | None, depth: str | None) -> tuple[float | None, str | None,
+                                                                                             dict]:
+    """The earlier port's render options given as key=value, plus render.* config keys."""
+    from .config import parse_override
+
+    extra = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        if key == "data.ratio":
+            ratio = float(value)
+        elif key in ("vis_depth_map", "vis_median_depth"):
+            if value is True:
+                depth = "mean" if key == "vis_depth_map" else "median"
+        elif key.startswith("render."):
+            extra[key] = value
+        else:
+            raise UserError(f"unknown render option '{text}'", hint=RENDER_ALIASES_HELP)
+    return ratio, depth, extra
+
+
+def _load_for_render(run: Path, checkpoint: Optional[Path], device: Optional[str], extra: dict):
+    from .render.run import load_run
+    from .train.loop import resolve_device
+
+    loaded = load_run(run, checkpoint, resolve_device(device or "auto"))
+    if "render.chunk_rays" in extra:
+        loaded.cfg.render.chunk_rays = int(extra["render.chunk_rays"])
+    return loaded
+
+
+@app.command("render")
+def render_cmd(
+    ctx: typer.Context,
+    run: Path = typer.Argument(..., help="A run folder made by `mip360 train`."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=RENDER_ALIASES_HELP,
+                                                    show_default=False),
+    path: str = typer.Option("ellipse", "--path", "-p",
+                             help="ellipse | spiral | interp | test | train | a camera-path .json file."),
+    frames: int = typer.Option(120, "--frames", "-n", min=1, help="Frames of a generated path."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Image scale against the original photos "
+                                                                "[default: the training ratio]."),
+    depth: Optional[str] = typer.Option(None, "--depth", help="none | mean | median [default: median]."),
+    video: bool = typer.Option(True, "--video/--no-video", help="Write mp4 videos (RGB, depth, side by side)."),
+    fps: float = typer.Option(30.0, "--fps", help="Video frame rate."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: RUN/renders/<path>]."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file [default: latest]."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Processes splitting the frames (torch.distributed.run)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Render frames already on disk again."),
+) -> None:
+    """Render novel views: RGB frames, mean or median depth (.npy + colormap) and mp4 videos.
+
+    Frames already written are skipped, so an interrupted render resumes.
+    """
+    from .render.run import render_path
+    from .train import distributed
+
+    ratio, depth, extra = _render_overrides(overrides or [], ratio, depth)
+    depth = depth or "median"
+    if depth not in ("none", "mean", "median"):
+        raise UserError(f"--depth {depth!r}: choose none, mean or median")
+    if ratio is not None and not 0 < ratio <= 4:
+        raise UserError(f"--ratio {ratio}: must be in (0, 4]")
+    if gpus > 1 and not distributed.launched_by_torchrun():
+        argv = ["render", str(run), *(overrides or []), "--path", path, "--frames", str(frames), "--depth", depth,
+                "--fps", str(fps), "--video" if video else "--no-video"]
+        for flag, value in (("--ratio", ratio), ("--out", out), ("--checkpoint", checkpoint), ("--device", device)):
+            if value is not None:
+                argv += [flag, str(value)]
+        code = distributed.relaunch(argv + (["--overwrite"] if overwrite else []), gpus)
+        if code != 0:
+            raise UserError(f"rendering stopped: a process exited with code {code} (its message is above)",
+                            hint="run the same command again: frames already written are kept")
+        return
+    loaded = _load_for_render(run, checkpoint, device, extra)
+    env = distributed.init(loaded.device.type)
+    try:
+        result = render_path(loaded, path, frames, ratio, depth, video, fps, out, overwrite, env)
+    finally:
+        distributed.shutdown(env)
+    if result:
+        typer.echo(f"frames     {result['frames']} in {result['out']}")
+        for v in result.get("videos", []):
+            typer.echo(f"video      {v}")
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Path = typer.Argument(..., help="A run folder made by `mip360 train`."),
+    split: str = typer.Option("test", "--split", help="test (held-out views) | train."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Image scale against the original photos "
+                                                                "[default: the training ratio]."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file [default: latest]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+) -> None:
+    """Score the held-out views: PSNR and SSIM per image and their mean (RUN/eval/)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .render.run import evaluate
+
+    if split not in ("test", "train"):
+        raise UserError(f"--split {split!r}: choose test or train")
+    loaded = _load_for_render(run, checkpoint, device, {})
+    result = evaluate(loaded, split, ratio)
+    table = Table(title=f"{run} · step {result['step']} · {split} · ratio {result['ratio']}")
+    for col in ("view", "PSNR (dB)", "SSIM"):
+        table.add_column(col, justify="right" if col != "view" else "left")
+    for r in result["per_image"]:
+        table.add_row(r["name"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}")
+    table.add_row("[bold]mean", f"[bold]{result['mean']['psnr']:.2f}", f"[bold]{result['mean']['ssim']:.4f}")
+    Console().print(table)  # the scores are the command's output: stdout
+    typer.echo(f"wrote {run / 'eval' / 'metrics.json'}, per_image.csv and images/")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Argument(Path("mip360-demo"), help="Folder for the scene, cache and run."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps [default: the tiny preset's 1000]."),
+    size: str = typer.Option("64x48", "--size", help="Example image size WxH."),
+    frames: int = typer.Option(60, "--frames", help="Frames of the orbit video."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+) -> None:
+    """The whole pipeline on the example scene: example, preprocess, train (tiny), render, eval."""
+    from .config import load_config
+    from .data.cache import build_cache
+    from .data.example import make_example
+    from .progress import progress_bar
+    from .render.run import evaluate, render_path
+    from .train.loop import train
+
+    width, height = _parse_size(size)
+    overrides = [f"train.max_steps={steps}"] if steps else []
+    cfg = load_config("tiny", overrides + ["train.val_every=0"], {"train.device": device})
+    scene, run = out / "scene", out / "run"
+    console.print(f"[bold]1/5[/bold] example scene -> {scene}")
+    with progress_bar("rendering example", 24, "images") as bar:
+        make_example(scene, "colmap", 24, width, height, progress=bar.advance)
+    console.print("[bold]2/5[/bold] ray cache")
+    cache = build_cache(scene, cfg.data, cfg.cache)
+    console.print(f"[bold]3/5[/bold] training the tiny preset ({cfg.train.max_steps} steps) -> {run}")
+    summary = train(cache.path, run, cfg)
+    loaded = _load_for_render(run, None, device, {})
+    console.print("[bold]4/5[/bold] orbit video with median depth")
+    rendered = render_path(loaded, "ellipse", frames, None, "median", True, 30.0, None, False)
+    console.print("[bold]5/5[/bold] scores on the held-out views")
+    result = evaluate(loaded, "test", None)
+    typer.echo(f"scene      {scene}")
+    typer.echo(f"run        {run} ({summary.step} steps)")
+    typer.echo(f"video      {rendered['out'] / 'rgb_depth.mp4'}")
+    typer.echo(f"eval       {run / 'eval'}  PSNR {result['mean']['psnr']:.2f} dB, SSIM {result['mean']['ssim']:.4f}")
+
+
 def _strip_debug(argv: list[str]) -> tuple[list[str], bool]:
     """``--debug`` is accepted anywhere on the line."""
     return [a for a in argv if a != "--debug"], "--debug" in argv

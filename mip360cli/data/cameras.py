@@ -132,6 +132,42 @@ def check_intrinsics(K: np.ndarray, width: np.ndarray, height: np.ndarray, names
             raise UserError(f"{source}: image '{names[i]}' has size {width[i]}x{height[i]}")
 
 
+# ----------------------------------------------------------------------------- rotations
+
+
+def quaternion_to_rotation(q) -> np.ndarray:
+    """Unit quaternion (w, x, y, z) -> (3, 3) rotation."""
+    w, x, y, z = np.asarray(q, np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * y * y - 2 * z * z, 2 * x * y - 2 * w * z, 2 * x * z + 2 * w * y],
+        [2 * x * y + 2 * w * z, 1 - 2 * x * x - 2 * z * z, 2 * y * z - 2 * w * x],
+        [2 * x * z - 2 * w * y, 2 * y * z + 2 * w * x, 1 - 2 * x * x - 2 * y * y],
+    ])
+
+
+def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
+    """Rotation matrix -> unit quaternion (w, x, y, z) with w >= 0."""
+    K = np.array([
+        [R[0, 0] - R[1, 1] - R[2, 2], 0, 0, 0],
+        [R[1, 0] + R[0, 1], R[1, 1] - R[0, 0] - R[2, 2], 0, 0],
+        [R[2, 0] + R[0, 2], R[2, 1] + R[1, 2], R[2, 2] - R[0, 0] - R[1, 1], 0],
+        [R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1], R[0, 0] + R[1, 1] + R[2, 2]],
+    ]) / 3.0
+    vals, vecs = np.linalg.eigh(K)
+    q = vecs[[3, 0, 1, 2], np.argmax(vals)]
+    return -q if q[0] < 0 else q
+
+
+def look_at(position: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """OpenCV camera-to-world (3, 4) at ``position`` looking at ``target``, image-up along ``up``."""
+    forward = np.asarray(target, float) - position
+    forward = forward / np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    right = right / np.linalg.norm(right)
+    down = np.cross(forward, right)
+    return np.stack([right, down, forward, np.asarray(position, float)], axis=1)
+
+
 # ----------------------------------------------------------------------------- normalization
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cameras import Cameras, undistort_pixels_cv2
+from .cameras import Cameras, look_at, undistort_pixels_cv2
 from .formats import READERS, colmap, easymocap, llff, transforms
 from .images import write_image
 
@@ -57,12 +57,7 @@ def ring_cameras(n: int, width: int, height: int, radius: float = 3.0, elevation
         a = 2 * np.pi * i / n
         r = radius * (1 + 0.04 * np.cos(2 * a))
         pos = np.array([r * np.cos(a), r * np.sin(a), elevation + 0.1 * np.sin(3 * a)])
-        forward = np.asarray(target) - pos
-        forward /= np.linalg.norm(forward)
-        right = np.cross(forward, up)
-        right /= np.linalg.norm(right)
-        down = np.cross(forward, right)
-        c2ws.append(np.stack([right, down, forward, pos], axis=1))
+        c2ws.append(look_at(pos, np.asarray(target), up))
     dist = np.tile([distortion, distortion / 4, 0.0, 0.0, 0.0], (n, 1))
     names = [f"{i:03d}.png" for i in range(n)]
     return Cameras.create(np.tile(K, (n, 1, 1)), c2ws, [width] * n, [height] * n, names, names, dist)

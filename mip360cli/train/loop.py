@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -23,8 +22,10 @@ from ..data.cameras import Cameras, cameras_to_tensors, pixel_rays
 from ..errors import UserError
 from ..fsutil import atomic_write_text, ensure_writable_dir
 from ..model import losses
-from ..model.model import Level, Mip360, render_rays
+from ..model.model import Level, Mip360
 from ..progress import info, progress_bar, warn
+from ..render.run import render_image
+from ..render.writers import depth_range, depth_to_color, to_uint8, write_png
 from . import checkpoint as ckpt
 from . import distributed
 from .batches import RayBatcher
@@ -95,12 +96,14 @@ def adopt_cache_options(cfg: Config, cache: RayCache) -> None:
 
 def cameras_json(cameras: Cameras, cache: RayCache) -> str:
     return json.dumps({
+        "cache": str(cache.path.resolve()),
         "convention": "OpenCV axes (x right, y down, z forward), camera-to-world, normalized scene",
         "transform_input_to_normalized": cache.transform.tolist(),
         "train": cache.train.tolist(), "test": cache.test.tolist(),
         "cameras": [{"name": cameras.names[i], "K": cameras.K[i].tolist(), "c2w": cameras.c2w[i].tolist(),
                      "width": int(cameras.width[i]), "height": int(cameras.height[i]),
-                     "dist": cameras.dist[i].tolist()} for i in range(len(cameras))],
+                     "dist": cameras.dist[i].tolist(), "image_path": str(cameras.image_paths[i])}
+                    for i in range(len(cameras))],
     }, indent=1)
 
 
@@ -146,43 +149,24 @@ def compute_losses(levels: list[Level], gt: torch.Tensor, cfg: Config) -> dict[s
     return {"loss": total, "data": data, "interlevel": inter, "distortion": dist, "mse": mse}
 
 
-def render_view(model: Mip360, tensors: dict, cameras: Cameras, index: int, chunk: int,
-                device: torch.device) -> dict[str, torch.Tensor]:
-    """Render camera ``index`` of ``cameras``: rgb (H, W, 3), median_depth (H, W), ..."""
-    w, h = int(cameras.width[index]), int(cameras.height[index])
-    v, u = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    cam = torch.full((h * w,), index, dtype=torch.long, device=device)
-    o, d, vd = pixel_rays(tensors["K"], tensors["c2w"], tensors["dist"], cam, u.reshape(-1), v.reshape(-1))
-    out = render_rays(model, o, d, vd, chunk)
-    return {k: x.reshape(h, w, *x.shape[1:]) for k, x in out.items()}
-
-
-def depth_to_color(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Turbo colormap of 1/depth over [1/hi, 1/lo]: (H, W, 3) uint8 RGB."""
-    inv = 1 / np.clip(depth, lo, hi)
-    x = (inv - 1 / hi) / max(1 / lo - 1 / hi, 1e-12)
-    bgr = cv2.applyColorMap(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def validate(model: Mip360, tensors: dict, cache: RayCache, run: Path, step: int, chunk: int,
+def validate(model: Mip360, cache: RayCache, run: Path, step: int, chunk: int,
              device: torch.device) -> float | None:
     """Render held-out view 0; write GT | render | depth to RUN/val/; return its PSNR."""
     if len(cache.test) == 0:
         return None
     was_training = model.training
     model.eval()
-    out = render_view(model, tensors, cache.cameras, int(cache.test[0]), chunk, device)
+    i = int(cache.test[0])
+    cams = cache.cameras
+    out = render_image(model, cams.K[i], cams.c2w[i], cams.dist[i], int(cams.width[i]), int(cams.height[i]),
+                       chunk, device)
     model.train(was_training)
     gt = cache.test_image(0)
-    rgb = out["rgb"].clamp(0, 1).cpu().numpy()
+    rgb = np.clip(out["rgb"], 0, 1)
     psnr = float(losses.mse_to_psnr(float(((rgb - gt / 255.0) ** 2).mean())))
-    depth = out["median_depth"].cpu().numpy()
-    panel = np.concatenate([gt, np.round(rgb * 255).astype(np.uint8),
-                            depth_to_color(depth, float(np.percentile(depth, 1)), float(np.percentile(depth, 99)))],
-                           axis=1)
-    (run / "val").mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(run / "val" / f"step_{step:07d}.png"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+    depth = out["median_depth"]
+    panel = np.concatenate([gt, to_uint8(rgb), depth_to_color(depth, *depth_range([depth]))], axis=1)
+    write_png(run / "val" / f"step_{step:07d}.png", panel)
     return psnr
 
 
@@ -372,7 +356,7 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
                     save(step)
                     saved_at = step
                 if env.is_main and ((tc.val_every and step % tc.val_every == 0) or step == tc.max_steps):
-                    val_psnr = validate(model, tensors, cache, run, step, cfg.render.chunk_rays, device)
+                    val_psnr = validate(model, cache, run, step, cfg.render.chunk_rays, device)
                     if val_psnr is not None and metrics_file:
                         metrics_file.write(json.dumps({"step": step, "val_psnr": val_psnr}) + "\n")
                         metrics_file.flush()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
-from ..cameras import Cameras
+from ..cameras import Cameras, quaternion_to_rotation, rotation_to_quaternion
 
 # model id -> (name, number of params)
 MODELS = {
@@ -70,7 +70,7 @@ def read(folder: Path, image_dir: str = "images") -> Cameras:
                 f"(supported: {', '.join(SUPPORTED)})",
                 hint="undistort the images first: colmap image_undistorter --output_type COLMAP")
         K, dist = _intrinsics(model, params)
-        R = _qvec_to_rotation(im["qvec"])
+        R = quaternion_to_rotation(im["qvec"])
         t = np.asarray(im["tvec"], np.float64)
         c2w = np.concatenate([R.T, (-R.T @ t)[:, None]], axis=1)
         Ks.append(K), c2ws.append(c2w), ws.append(w), hs.append(h), dists.append(dist)
@@ -97,28 +97,6 @@ def _intrinsics(model: str, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dist[:4] = p[4:8]
     K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64)
     return K, dist
-
-
-def _qvec_to_rotation(q) -> np.ndarray:
-    w, x, y, z = np.asarray(q, np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * y * y - 2 * z * z, 2 * x * y - 2 * w * z, 2 * x * z + 2 * w * y],
-        [2 * x * y + 2 * w * z, 1 - 2 * x * x - 2 * z * z, 2 * y * z - 2 * w * x],
-        [2 * x * z - 2 * w * y, 2 * y * z + 2 * w * x, 1 - 2 * x * x - 2 * y * y],
-    ])
-
-
-def _rotation_to_qvec(R: np.ndarray) -> np.ndarray:
-    """Rotation matrix -> unit quaternion (w, x, y, z) with w >= 0."""
-    K = np.array([
-        [R[0, 0] - R[1, 1] - R[2, 2], 0, 0, 0],
-        [R[1, 0] + R[0, 1], R[1, 1] - R[0, 0] - R[2, 2], 0, 0],
-        [R[2, 0] + R[0, 2], R[2, 1] + R[1, 2], R[2, 2] - R[0, 0] - R[1, 1], 0],
-        [R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1], R[0, 0] + R[1, 1] + R[2, 2]],
-    ]) / 3.0
-    vals, vecs = np.linalg.eigh(K)
-    q = vecs[[3, 0, 1, 2], np.argmax(vals)]
-    return -q if q[0] < 0 else q
 
 
 # ----------------------------------------------------------------------------- binary
@@ -254,7 +232,7 @@ def write(folder: Path, cameras: Cameras, binary: bool = True) -> None:
         R = c2w[:, :3].T
         t = -R @ c2w[:, 3]
         entries.append((i + 1, model, int(cameras.width[i]), int(cameras.height[i]), params,
-                        _rotation_to_qvec(R), t, cameras.names[i]))
+                        rotation_to_quaternion(R), t, cameras.names[i]))
     if binary:
         with open(d / "cameras.bin", "wb") as f:
             f.write(struct.pack("<Q", len(entries)))

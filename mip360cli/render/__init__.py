@@ -1,0 +1,1 @@
+"""Rendering novel views: camera paths, frame and video writers, the render loop."""

@@ -109,11 +109,47 @@ def max_dilate(t: torch.Tensor, w: torch.Tensor, dilation: float,
                domain: tuple[float, float] = (-float("inf"), float("inf"))) -> tuple[torch.Tensor, torch.Tensor]:
     """Dilate a non-negative step function by max-pooling over ``[x - dilation, x + dilation]``.
 
+    At each new edge x, the value is the max of w_j over the intervals j whose
+    dilated extent ``[t_j - d, t_{j+1} + d)`` contains x. Because both ends are
+    sorted, those j form one contiguous range, so the max is a range-max query
+    answered with a sparse table: O(n log n) memory instead of the O(n^2) of
+    comparing every edge with every interval (kept as :func:`max_dilate_bruteforce`).
+
     Args:
-        t: (..., k+1) edges; w: (..., k) values.
+        t: (..., k+1) edges; w: (..., k) non-negative values.
     Returns:
         t_dilate (..., 3k+1) sorted edges clipped to ``domain``; w_dilate (..., 3k).
     """
+    t0 = t[..., :-1] - dilation
+    t1 = t[..., 1:] + dilation
+    t_dilate = torch.sort(torch.cat([t, t0, t1], dim=-1), dim=-1).values.clamp(*domain)
+    n = w.shape[-1]
+    hi = torch.searchsorted(t0.contiguous(), t_dilate, right=True) - 1  # last j with t0_j <= x
+    lo = torch.searchsorted(t1.contiguous(), t_dilate, right=True)      # first j with t1_j > x
+    valid = hi >= lo
+    lo_c, hi_c = lo.clamp(0, n - 1), hi.clamp(0, n - 1)
+    # Sparse table: level k holds max(w[j : j + 2^k]) (zero past the end; w >= 0).
+    levels = [w]
+    span = 1
+    while 2 * span <= n:
+        prev = levels[-1]
+        shifted = torch.cat([prev[..., span:], torch.zeros_like(prev[..., :span])], dim=-1)
+        levels.append(torch.maximum(prev, shifted))
+        span *= 2
+    table = torch.stack(levels, dim=-2).flatten(-2)  # (..., K * n)
+    length = (hi_c - lo_c + 1).clamp_min(1)
+    k = torch.floor(torch.log2(length.to(torch.float64))).to(torch.long).clamp(0, len(levels) - 1)
+    a = k * n + lo_c
+    b = k * n + (hi_c - (1 << k) + 1).clamp_min(0)
+    value = torch.maximum(table.gather(-1, a), table.gather(-1, b))
+    w_dilate = torch.where(valid, value, torch.zeros_like(value))[..., :-1]
+    return t_dilate, w_dilate
+
+
+def max_dilate_bruteforce(t: torch.Tensor, w: torch.Tensor, dilation: float,
+                          domain: tuple[float, float] = (-float("inf"), float("inf"))
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """O(n^2) reference of :func:`max_dilate` (for tests): every edge against every interval."""
     t0 = t[..., :-1] - dilation
     t1 = t[..., 1:] + dilation
     t_dilate = torch.sort(torch.cat([t, t0, t1], dim=-1), dim=-1).values.clamp(*domain)

@@ -1,0 +1,86 @@
+"""Render benchmark: frames/s and rays/s, and peak memory at two image sizes (should be equal).
+
+Each image size runs in its own process so its peak memory is its own
+(GPU: torch.cuda.max_memory_allocated; CPU: the process's peak RSS). The model
+is freshly initialized: speed does not depend on its weights.
+
+    python benchmarks/render.py --preset tiny --sizes 256,512
+    python benchmarks/render.py --preset paper --device cuda --sizes 512,1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from mip360cli.config import load_config
+from mip360cli.data.cameras import normalize_poses
+from mip360cli.data.example import ring_cameras
+from mip360cli.model.model import Mip360
+from mip360cli.render.paths import ellipse_path
+from mip360cli.render.run import render_image
+
+
+def child(preset: str, size: int, frames: int, device_name: str, chunk: int) -> dict:
+    device = torch.device(device_name)
+    cfg = load_config("tiny" if preset == "tiny" else "default")
+    torch.manual_seed(0)
+    model = Mip360.from_config(cfg.model, cfg.data).to(device).eval()
+    if device.type == "cuda":
+        model.mlp_dtype = torch.bfloat16
+        torch.backends.cuda.matmul.allow_tf32 = True
+    c2w, _ = normalize_poses(ring_cameras(16, size, size).c2w)
+    poses = ellipse_path(c2w, frames + 1)
+    K = np.array([[0.8 * size, 0, size / 2], [0, 0.8 * size, size / 2], [0, 0, 1]])
+    render_image(model, K, poses[0], None, size, size, chunk, device)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for p in poses[1:]:
+        render_image(model, K, p, None, size, size, chunk, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"preset": preset, "size": size, "frames": frames, "frames_per_s": frames / dt,
+            "rays_per_s": frames * size * size / dt, "peak_mib": peak / 2**20,
+            "memory": "GPU allocated" if device.type == "cuda" else "process RSS"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=["tiny", "paper"], default="tiny")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--sizes", default="256,512")
+    ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--chunk", type=int, default=8192)
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child is not None:
+        print(json.dumps(child(args.preset, args.child, args.frames, args.device, args.chunk)))
+        return
+    rows = []
+    for size in map(int, args.sizes.split(",")):
+        out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--device", args.device,
+                              "--frames", str(args.frames), "--chunk", str(args.chunk), "--child", str(size)],
+                             capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"{r['preset']:5s} {r['size']}x{r['size']}: {r['frames_per_s']:.3f} frames/s, "
+              f"{r['rays_per_s']:,.0f} rays/s, peak {r['peak_mib']:.0f} MiB ({r['memory']})", flush=True)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device {name}, chunk {args.chunk} rays; peak memory ratio largest/smallest size: "
+          f"{rows[-1]['peak_mib'] / rows[0]['peak_mib']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

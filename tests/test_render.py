@@ -75,6 +75,8 @@ def test_depth_colormap_uses_one_range():
     ca, cb = depth_to_color(a, lo, hi), depth_to_color(b, lo, hi)
     assert not np.array_equal(ca, cb)  # near and far get different colors across frames
     np.testing.assert_array_equal(depth_to_color(np.full((2, 2), 1.0), lo, hi), ca[:2, :2])
+    masked = depth_to_color(np.array([[1.0, np.nan]]), lo, hi)
+    assert (masked[0, 1] == 0).all() and masked[0, 0].any()  # no surface -> black
 
 
 def test_video_is_written_and_readable(tmp_path):
@@ -144,6 +146,18 @@ def test_render_path_frames_depth_video_and_resume(trained_run, tmp_path, capsys
     err = capsys.readouterr().err
     assert "5 already there" in err
     assert (out / "rgb" / "00003.png").stat().st_mtime_ns == before and (out / "rgb" / "00004.png").exists()
+
+
+def test_render_split_over_two_processes(trained_run, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "mip360cli", "render", str(trained_run), "--frames", "5", "--gpus", "2",
+                        "--out", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in (out / "rgb").iterdir()) == [f"{i:05d}.png" for i in range(5)]
+    assert count_video_frames(out / "rgb_depth.mp4") == 5
 
 
 def test_render_test_views_and_eval(trained_run, capsys):

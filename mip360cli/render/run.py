@@ -156,8 +156,10 @@ def render_path(loaded: LoadedRun, path: str, frames: int, ratio: float | None, 
             v = views[i]
             img = render_image(loaded.model, v.K, v.c2w, v.dist, v.width, v.height, chunk, loaded.device)
             if depth != "none":
-                key = "median_depth" if depth == "median" else "mean_depth"
-                write_npy(out / "depth" / f"{v.name}.npy", (img[key] / loaded.scale).astype(np.float32))
+                d = img["median_depth" if depth == "median" else "mean_depth"] / loaded.scale
+                if not loaded.cfg.model.opaque_background:
+                    d = np.where(img["acc"] >= 0.5, d, np.nan)  # no surface there: NaN, black in the colormap
+                write_npy(out / "depth" / f"{v.name}.npy", d.astype(np.float32))
             write_png(out / "rgb" / f"{v.name}.png", to_uint8(img["rgb"]))
             bar.advance()
     distributed.barrier(env)

@@ -44,17 +44,17 @@ def depth_range(depths: Iterable[np.ndarray], lo_pct: float = 1.0, hi_pct: float
     return lo, hi
 
 
-def depth_to_color(depth: np.ndarray, lo: float, hi: float, mask: np.ndarray | None = None) -> np.ndarray:
+def depth_to_color(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Turbo colormap of 1/depth over the fixed range [1/hi, 1/lo] (near = red): (H, W, 3) uint8.
 
-    Pixels where ``mask`` is False (low opacity with a non-opaque background) are black.
+    Non-finite depths (no surface: low opacity with a non-opaque background) are black.
     """
-    inv = 1 / np.clip(depth, lo, hi)
+    mask = np.isfinite(depth)
+    inv = 1 / np.clip(np.where(mask, depth, hi), lo, hi)
     x = (inv - 1 / hi) / max(1 / lo - 1 / hi, 1e-12)
     bgr = cv2.applyColorMap(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    if mask is not None:
-        rgb[~mask] = 0
+    rgb[~mask] = 0
     return rgb
 
 

@@ -158,12 +158,8 @@ def train_cmd(
         for flag, value in (("--config", config), ("--device", device)):
             if value is not None:
                 argv += [flag, str(value)]
-        debug = bool(ctx.obj and ctx.obj.get("debug"))
-        code = distributed.relaunch(argv + (["--debug"] if debug else []), gpus, nnodes=nnodes,
-                                    node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts)
-        if code != 0:
-            raise UserError(f"training stopped: a process exited with code {code} (its message is above)",
-                            hint="fix the problem, then run the same command again to resume")
+        _relaunch(ctx, argv, gpus, "training", "fix the problem, then run the same command again to resume",
+                  nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts)
         return
     try:
         summary = train(data, run, cfg, restart=restart)
@@ -253,10 +249,8 @@ def render_cmd(
         for flag, value in (("--ratio", ratio), ("--out", out), ("--checkpoint", checkpoint), ("--device", device)):
             if value is not None:
                 argv += [flag, str(value)]
-        code = distributed.relaunch(argv + (["--overwrite"] if overwrite else []), gpus)
-        if code != 0:
-            raise UserError(f"rendering stopped: a process exited with code {code} (its message is above)",
-                            hint="run the same command again: frames already written are kept")
+        _relaunch(ctx, argv + (["--overwrite"] if overwrite else []), gpus, "rendering",
+                  "run the same command again: frames already written are kept")
         return
     loaded = _load_for_render(run, checkpoint, device, extra)
     env = distributed.init(loaded.device.type)
@@ -335,6 +329,16 @@ def demo_cmd(
     typer.echo(f"run        {run} ({summary.step} steps)")
     typer.echo(f"video      {rendered['out'] / 'rgb_depth.mp4'}")
     typer.echo(f"eval       {run / 'eval'}  PSNR {result['mean']['psnr']:.2f} dB, SSIM {result['mean']['ssim']:.4f}")
+
+
+def _relaunch(ctx: typer.Context, argv: list[str], gpus: int, what: str, hint: str, **kwargs) -> None:
+    """Run ``mip360 ARGV`` again under torch.distributed.run with ``gpus`` processes per machine."""
+    from .train import distributed
+
+    debug = bool(ctx.obj and ctx.obj.get("debug"))
+    code = distributed.relaunch(argv + (["--debug"] if debug else []), gpus, **kwargs)
+    if code != 0:
+        raise UserError(f"{what} stopped: a process exited with code {code} (its message is above)", hint=hint)
 
 
 def _strip_debug(argv: list[str]) -> tuple[list[str], bool]:

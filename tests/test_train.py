@@ -1,7 +1,6 @@
 """Training on the example scene: quality, DDP equivalence, exact resume, NaN handling, bad options."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -134,6 +134,10 @@ def check_intrinsics(K: np.ndarray, width: np.ndarray, height: np.ndarray, names
 
 # ----------------------------------------------------------------------------- rotations
 
+# Right-multiplying an OpenGL camera-to-world rotation (x right, y up, z backwards) by this gives
+# the OpenCV one (x right, y down, z forward), and back.
+OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0])
+
 
 def quaternion_to_rotation(q) -> np.ndarray:
     """Unit quaternion (w, x, y, z) -> (3, 3) rotation."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.cameras import look_at, quaternion_to_rotation, rotation_to_quaternion
+from ..data.cameras import OPENGL_TO_OPENCV, look_at, quaternion_to_rotation, rotation_to_quaternion
 from ..errors import UserError
 
 
@@ -88,9 +88,6 @@ def interp_path(c2w: np.ndarray, n_frames: int) -> np.ndarray:
     return np.stack(out)
 
 
-GL_TO_CV = np.diag([1.0, -1.0, -1.0])
-
-
 def load_path_file(path: Path, transform: np.ndarray, default_size: tuple[int, int], default_K: np.ndarray
                    ) -> tuple[np.ndarray, list[np.ndarray], tuple[int, int]]:
     """Read a camera-path JSON file into normalized poses.
@@ -139,7 +136,7 @@ def load_path_file(path: Path, transform: np.ndarray, default_size: tuple[int, i
             raise UserError(f"{path}: frame {i} needs a finite 3x4 or 4x4 camera-to-world matrix")
         R, t = m[:3, :3], m[:3, 3]
         if f["gl"]:
-            R = R @ GL_TO_CV
+            R = R @ OPENGL_TO_OPENCV
         if space == "input":
             R = transform[:3, :3] @ R / scale
             t = transform[:3, :3] @ t + transform[:3, 3]

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
-from ..cameras import Cameras
+from ..cameras import OPENGL_TO_OPENCV, Cameras
 from ..images import IMAGE_EXTENSIONS, image_size
 
 FILE = "transforms.json"
-GL_TO_CV = np.diag([1.0, -1.0, -1.0])
 
 
 def detect(folder: Path) -> bool:
@@ -74,7 +73,7 @@ def read(folder: Path) -> Cameras:
         m = np.asarray(fr["transform_matrix"], np.float64)
         if m.shape not in ((4, 4), (3, 4)):
             raise UserError(f"{path}: frame '{fr['file_path']}' transform_matrix must be 4x4")
-        c2w = np.concatenate([m[:3, :3] @ GL_TO_CV, m[:3, 3:4]], axis=1)
+        c2w = np.concatenate([m[:3, :3] @ OPENGL_TO_OPENCV, m[:3, 3:4]], axis=1)
         Ks.append([[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
         c2ws.append(c2w), ws.append(w), hs.append(h), paths.append(img)
         dists.append([get("k1", 0.0), get("k2", 0.0), get("p1", 0.0), get("p2", 0.0), get("k3", 0.0)])
@@ -92,7 +91,7 @@ def write(folder: Path, cameras: Cameras, image_names: list[str]) -> None:
     for i in range(len(cameras)):
         K, d = cameras.K[i], cameras.dist[i]
         m = np.eye(4)
-        m[:3, :3] = cameras.c2w[i, :, :3] @ GL_TO_CV
+        m[:3, :3] = cameras.c2w[i, :, :3] @ OPENGL_TO_OPENCV
         m[:3, 3] = cameras.c2w[i, :, 3]
         frames.append({
             "file_path": image_names[i], "transform_matrix": m.tolist(),

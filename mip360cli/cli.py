@@ -267,7 +267,8 @@ def render_cmd(
 @app.command("eval")
 def eval_cmd(
     run: Path = typer.Argument(..., help="A run folder made by `mip360 train`."),
-    split: str = typer.Option("test", "--split", help="test (held-out views) | train."),
+    split: Optional[str] = typer.Option(None, "--split", help="test (held-out views) | train "
+                                                              "[default: eval.split of the run, test]."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Image scale against the original photos "
                                                                 "[default: the training ratio]."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file [default: latest]."),
@@ -279,9 +280,10 @@ def eval_cmd(
 
     from .render.run import evaluate
 
-    if split not in ("test", "train"):
+    if split not in (None, "test", "train"):
         raise UserError(f"--split {split!r}: choose test or train")
     loaded = _load_for_render(run, checkpoint, device, {})
+    split = split or loaded.cfg.eval.split
     result = evaluate(loaded, split, ratio)
     table = Table(title=f"{run} · step {result['step']} · {split} · ratio {result['ratio']}")
     for col in ("view", "PSNR (dB)", "SSIM"):

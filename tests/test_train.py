@@ -232,3 +232,12 @@ def test_bad_training_options(cache, tmp_path, capsys):
     with RayCache(cache) as c:
         with pytest.raises(UserError, match="fewer than the 64 data shards"):
             RayBatcher(c, 0, 64, 8, 0)
+
+
+def test_a_failing_process_stops_the_distributed_run(cache, tmp_path):
+    """A rank that fails (here: a batch that cannot be split) ends the whole run with a message, no hang."""
+    r = subprocess.run(_mip360("train", cache, "--gpus", 2, "--run", tmp_path / "fail", "--config", "tiny",
+                               "train.batch_rays=33"), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 1
+    assert "does not split evenly over 2 processes" in r.stderr
+    assert "training stopped: a process exited with code" in r.stderr

@@ -88,15 +88,15 @@ def preprocess_cmd(
     data: Path = typer.Argument(..., help="Dataset folder (COLMAP, LLFF, transforms.json or EasyMocap)."),
     overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP,
                                                     show_default=False),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache file [default: DATA/mip360_cache.h5]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache file (default: DATA/mip360_cache.h5)."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     format: Optional[str] = typer.Option(None, "--format", "-f",
-                                         help="auto | colmap | llff | transforms | easymocap [default: auto]"),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="Image scale factor, e.g. 0.5 [default: 1]."),
+                                         help="auto | colmap | llff | transforms | easymocap (default: auto)"),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Image scale factor, e.g. 0.5 (default: 1)."),
     frame_interval: Optional[int] = typer.Option(None, "--frame-interval", help="Keep every k-th image."),
     test_every: Optional[int] = typer.Option(None, "--test-every",
-                                             help="Hold out every n-th image; 0 = none [default: 8]."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Image-decoding threads [default: 4]."),
+                                             help="Hold out every n-th image; 0 = none (default: 8)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Image-decoding threads (default: 4)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when the cache is up to date."),
 ) -> None:
     """Build the HDF5 ray cache of a dataset (streaming, bounded memory).
@@ -124,9 +124,9 @@ def train_cmd(
     data: Path = typer.Argument(..., help="A ray cache (.h5) or a dataset folder (its cache is built first)."),
     overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP,
                                                     show_default=False),
-    run: Optional[Path] = typer.Option(None, "--run", "-r", help="Run folder [default: runs/<DATA name>]."),
+    run: Optional[Path] = typer.Option(None, "--run", "-r", help="Run folder (default: runs/<DATA name>)."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N [default: auto]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: auto)."),
     gpus: int = typer.Option(1, "--gpus", min=1, help="Processes on this machine (one per GPU; CPU processes "
                                                       "with gloo when there is no GPU)."),
     nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines taking part (multi-machine training)."),
@@ -220,12 +220,12 @@ def render_cmd(
                              help="ellipse | spiral | interp | test | train | a camera-path .json file."),
     frames: int = typer.Option(120, "--frames", "-n", min=1, help="Frames of a generated path."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Image scale against the original photos "
-                                                                "[default: the training ratio]."),
-    depth: Optional[str] = typer.Option(None, "--depth", help="none | mean | median [default: median]."),
+                                                                "(default: the training ratio)."),
+    depth: Optional[str] = typer.Option(None, "--depth", help="none | mean | median (default: median)."),
     video: bool = typer.Option(True, "--video/--no-video", help="Write mp4 videos (RGB, depth, side by side)."),
     fps: float = typer.Option(30.0, "--fps", help="Video frame rate."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: RUN/renders/<path>]."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file [default: latest]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: RUN/renders/<path>)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file (default: latest)."),
     gpus: int = typer.Option(1, "--gpus", min=1, help="Processes splitting the frames (torch.distributed.run)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Render frames already on disk again."),
@@ -268,10 +268,10 @@ def render_cmd(
 def eval_cmd(
     run: Path = typer.Argument(..., help="A run folder made by `mip360 train`."),
     split: Optional[str] = typer.Option(None, "--split", help="test (held-out views) | train "
-                                                              "[default: eval.split of the run, test]."),
+                                                              "(default: eval.split of the run, test)."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Image scale against the original photos "
-                                                                "[default: the training ratio]."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file [default: latest]."),
+                                                                "(default: the training ratio)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file (default: latest)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
 ) -> None:
     """Score the held-out views: PSNR and SSIM per image and their mean (RUN/eval/)."""
@@ -298,7 +298,7 @@ def eval_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Argument(Path("mip360-demo"), help="Folder for the scene, cache and run."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps [default: the tiny preset's 1000]."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the tiny preset's 1000)."),
     size: str = typer.Option("64x48", "--size", help="Example image size WxH."),
     frames: int = typer.Option(60, "--frames", help="Frames of the orbit video."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),

@@ -316,12 +316,19 @@ def demo_cmd(
     cfg = load_config("tiny", overrides + ["train.val_every=0"], {"train.device": device})
     scene, run = out / "scene", out / "run"
     console.print(f"[bold]1/5[/bold] example scene -> {scene}")
-    with progress_bar("rendering example", 24, "images") as bar:
-        make_example(scene, "colmap", 24, width, height, progress=bar.advance)
+    wanted = {"format": "colmap", "images": 24, "width": width, "height": height, "distortion": 0.0}
+    info_file = scene / "example.json"
+    current = json.loads(info_file.read_text()) if info_file.exists() else {}
+    fresh_scene = any(current.get(k) != v for k, v in wanted.items())
+    if fresh_scene:  # a re-run with the same settings keeps the scene, so its cache and run stay valid
+        with progress_bar("rendering example", 24, "images") as bar:
+            make_example(scene, "colmap", 24, width, height, progress=bar.advance)
+    else:
+        console.print("the example scene is already there")
     console.print("[bold]2/5[/bold] ray cache")
     cache = build_cache(scene, cfg.data, cfg.cache)
     console.print(f"[bold]3/5[/bold] training the tiny preset ({cfg.train.max_steps} steps) -> {run}")
-    summary = train(cache.path, run, cfg)
+    summary = train(cache.path, run, cfg, restart=fresh_scene)
     loaded = _load_for_render(run, None, device, {})
     console.print("[bold]4/5[/bold] orbit video with median depth")
     rendered = render_path(loaded, "ellipse", frames, None, "median", True, 30.0, None, False)

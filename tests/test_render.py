@@ -219,3 +219,7 @@ def test_demo_pipeline_shortened(tmp_path, capsys):
     assert (tmp_path / "demo" / "run" / "renders" / "ellipse" / "rgb_depth.mp4").exists()
     assert (tmp_path / "demo" / "run" / "eval" / "metrics.json").exists()
     assert "PSNR" in out and "video" in out
+    # running it again reuses the scene, the cache and the trained run
+    assert main(["demo", str(tmp_path / "demo"), "--steps", "20", "--size", "24x16", "--frames", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "the example scene is already there" in err and "already trained to step 20" in err

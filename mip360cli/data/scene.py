@@ -41,11 +41,6 @@ class Scene:
     format: str
     camera_files: tuple[Path, ...]
 
-    @property
-    def scale(self) -> float:
-        """Normalized units per input unit."""
-        return float(np.linalg.norm(self.transform[0, :3]))
-
 
 def load_scene(folder: str | Path, data: DataConfig, check_images: bool = True) -> Scene:
     """Read, validate, select, normalize, split and resize the cameras of ``folder``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from ..config import Config, config_hash, load_config
+from ..data.cache import RayCache
 from ..data.cameras import Cameras, pixel_rays
 from ..data.images import read_image, resize_area
 from ..errors import UserError
@@ -191,15 +193,14 @@ def _frame_done(out: Path, name: str, depth: str) -> bool:
 # ----------------------------------------------------------------------------- eval
 
 
-def ground_truth(loaded: LoadedRun, split: str, k: int, index: int, width: int, height: int) -> np.ndarray:
-    """The photo of camera ``index`` at (width, height), float64 in [0, 1]."""
-    if split == "test" and loaded.cache_path is not None and loaded.cache_path.exists():
-        from ..data.cache import RayCache
+def ground_truth(loaded: LoadedRun, stored: np.ndarray | None, index: int, width: int, height: int) -> np.ndarray:
+    """The photo of camera ``index`` at (width, height), float64 in [0, 1].
 
-        with RayCache(loaded.cache_path) as c:
-            img = c.test_image(k)
-        if img.shape[:2] == (height, width):
-            return img / 255.0
+    ``stored`` is the held-out photo kept in the ray cache (at the cache's size), or None;
+    otherwise the original photo is read and resized.
+    """
+    if stored is not None and stored.shape[:2] == (height, width):
+        return stored / 255.0
     path = loaded.cameras.image_paths[index]
     if str(path) in ("", ".") or not Path(path).is_file():
         raise UserError(f"the photo of view '{loaded.cameras.names[index]}' is not available ({path})",
@@ -213,12 +214,14 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
     views = path_views(loaded, split, 0, ratio)
     idx = loaded.test if split == "test" else loaded.train
     rows = []
-    with progress_bar("evaluating", len(views), "views") as bar:
+    use_cache = split == "test" and loaded.cache_path is not None and loaded.cache_path.exists()
+    with contextlib.ExitStack() as stack, progress_bar("evaluating", len(views), "views") as bar:
+        cache = stack.enter_context(RayCache(loaded.cache_path)) if use_cache else None  # opened once
         for k, (v, i) in enumerate(zip(views, idx)):
             img = render_image(loaded.model, v.K, v.c2w, v.dist, v.width, v.height, loaded.cfg.render.chunk_rays,
                                loaded.device)
             rgb = np.clip(img["rgb"], 0, 1).astype(np.float64)
-            gt = ground_truth(loaded, split, k, int(i), v.width, v.height)
+            gt = ground_truth(loaded, cache.test_image(k) if cache else None, int(i), v.width, v.height)
             rows.append({"name": loaded.cameras.names[i], "psnr": metrics.psnr(rgb, gt), "ssim": metrics.ssim(rgb, gt)})
             err = np.abs(rgb - gt).mean(-1)
             heat = cv2.cvtColor(cv2.applyColorMap(to_uint8(np.clip(err * 4, 0, 1)), cv2.COLORMAP_INFERNO),

@@ -20,6 +20,7 @@ from ..config import Config, config_hash, config_to_dict, save_config
 from ..data.cache import RayCache, build_cache, default_cache_path
 from ..data.cameras import Cameras, cameras_to_tensors, pixel_rays
 from ..errors import UserError
+from ..eval import metrics
 from ..fsutil import atomic_write_text, ensure_writable_dir
 from ..model import losses
 from ..model.model import Level, Mip360
@@ -163,7 +164,7 @@ def validate(model: Mip360, cache: RayCache, run: Path, step: int, chunk: int,
     model.train(was_training)
     gt = cache.test_image(0)
     rgb = np.clip(out["rgb"], 0, 1)
-    psnr = float(losses.mse_to_psnr(float(((rgb - gt / 255.0) ** 2).mean())))
+    psnr = metrics.psnr(rgb, gt / 255.0)
     depth = out["median_depth"]
     panel = np.concatenate([gt, to_uint8(rgb), depth_to_color(depth, *depth_range([depth]))], axis=1)
     write_png(run / "val" / f"step_{step:07d}.png", panel)

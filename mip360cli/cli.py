@@ -54,6 +54,8 @@ def example_cmd(
     size: str = typer.Option("64x48", "--size", help="Image size WxH (or W, height = 3/4 W)."),
     distortion: float = typer.Option(0.0, "--distortion", help="Radial lens distortion k1 (not for llff)."),
     text: bool = typer.Option(False, "--text", help="COLMAP only: write the text model instead of binary."),
+    texture: bool = typer.Option(False, "--texture", help="Add non-repeating surface detail, as real photos have, "
+                                                          "so that `mip360 poses` can match features."),
 ) -> None:
     """Write a small procedural 360-degree scene (images, cameras, ground-truth depth)."""
     from .data.example import FORMATS, make_example
@@ -66,7 +68,7 @@ def example_cmd(
     width, height = _parse_size(size)
     with progress_bar("rendering example", images, "images") as bar:
         make_example(out, format, images, width, height, distortion, colmap_binary=not text,
-                     progress=bar.advance)
+                     progress=bar.advance, texture=texture)
     typer.echo(f"wrote a {images}-image {width}x{height} example scene ({format}) to {out}")
     typer.echo(f"next: mip360 preprocess {out}")
 
@@ -101,18 +103,22 @@ def preprocess_cmd(
 ) -> None:
     """Build the HDF5 ray cache of a dataset (streaming, bounded memory).
 
-    Re-running with unchanged inputs and options is instant; when images,
-    camera files or options changed, the cache is rebuilt and the changes are
-    listed.
+    Re-running with unchanged inputs is instant. Options not given keep the
+    values the existing cache was built with (so `train DATA` uses what
+    preprocess built); options given that differ, or images and camera files
+    whose content changed, rebuild the cache and the changes are listed.
+    Frames whose image is missing are skipped with a warning.
     """
-    from .config import load_config, save_config
+    from .config import explicit_keys, load_config, save_config
     from .data.cache import build_cache, default_cache_path, summary_lines
 
-    cfg = load_config(config, overrides or [], {
-        "data.format": format, "data.ratio": ratio, "data.frame_interval": frame_interval,
-        "data.test_every": test_every, "cache.workers": workers, "cache.path": str(out) if out else None})
+    flags = {"data.format": format, "data.ratio": ratio, "data.frame_interval": frame_interval,
+             "data.test_every": test_every, "cache.workers": workers, "cache.path": str(out) if out else None}
+    cfg = load_config(config, overrides or [], flags)
     path = default_cache_path(data, cfg.cache)
-    summary = build_cache(data, cfg.data, cfg.cache, out=path, force=force)
+    summary = build_cache(data, cfg.data, cfg.cache, out=path, force=force,
+                          explicit=explicit_keys(overrides or [], flags))
+    cfg.data, cfg.cache = summary.data, summary.cache
     save_config(cfg, path.with_name(path.stem + ".config.yaml"))
     for line in summary_lines(summary):
         typer.echo(line)
@@ -140,15 +146,20 @@ def train_cmd(
 ) -> None:
     """Train a Mip-NeRF 360 model; running it again resumes from the last checkpoint.
 
+    Given a dataset folder, the cache `mip360 preprocess` built there is used
+    with its options (ratio, split, ...); data options given on this command
+    line that differ rebuild it, and say so.
+
     With --gpus N (or --nnodes) the command re-launches itself through
     torch.distributed.run: DDP with NCCL on GPUs, gloo on CPUs.
     """
-    from .config import load_config
+    from .config import explicit_keys, load_config
     from .train import checkpoint as ckpt
     from .train import distributed
     from .train.loop import Interrupted, train
 
     cfg = load_config(config, overrides or [], {"train.device": device})
+    explicit = explicit_keys(overrides or [])
     run = run or Path("runs") / (data.stem if data.suffix == ".h5" else data.resolve().name)
     if (gpus > 1 or nnodes > 1) and not distributed.launched_by_torchrun():
         if restart:  # once, here: an elastic restart of the workers must resume, not start over
@@ -162,7 +173,7 @@ def train_cmd(
                   nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts)
         return
     try:
-        summary = train(data, run, cfg, restart=restart)
+        summary = train(data, run, cfg, restart=restart, explicit=explicit)
     except Interrupted as e:
         console.print(f"interrupted at step {e.step}: checkpoint saved; run the same command to resume")
         raise typer.Exit(130 if e.signum == 2 else 143)

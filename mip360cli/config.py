@@ -42,6 +42,12 @@ class DataConfig:
     """Hold out every n-th image (index % n == 0) for testing; 0 = no hold-out."""
     easymocap_frame: int = 0
     """EasyMocap only: which frame of each camera folder to use (sorted order)."""
+    missing_images: Literal["skip", "error"] = "skip"
+    """A frame whose image file is missing: ``skip`` it with a warning, or stop with an ``error``."""
+    alpha: Literal["composite", "error"] = "composite"
+    """Images with transparent pixels: ``composite`` them over ``alpha_background``, or refuse them."""
+    alpha_background: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """RGB in [0, 1] behind transparent pixels (white, as Blender-style data expects)."""
     near: float = 0.2
     """Near distance of rays, in normalized scene units."""
     far: float = 1e6
@@ -381,6 +387,13 @@ def _set_dotted(tree: dict, key: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
+def explicit_keys(overrides: Sequence[str] = (), values: dict[str, Any] | None = None) -> set[str]:
+    """The dotted keys a command line sets: its ``key=value`` overrides and the flags given (not None)."""
+    keys = {parse_override(text)[0] for text in overrides}
+    keys |= {ALIASES.get(k, k) for k, v in (values or {}).items() if v is not None}
+    return keys
+
+
 def load_config(config: str | Path | None = None, overrides: Sequence[str] = (),
                 values: dict[str, Any] | None = None) -> Config:
     """Load the schema defaults, then ``config`` (file or preset), then overrides.
@@ -417,6 +430,8 @@ def validate(cfg: Config) -> None:
         (d.frame_interval >= 1, "data.frame_interval must be >= 1", d.frame_interval),
         (d.test_every >= 0, "data.test_every must be >= 0 (0 = no hold-out)", d.test_every),
         (d.easymocap_frame >= 0, "data.easymocap_frame must be >= 0", d.easymocap_frame),
+        (len(d.alpha_background) == 3 and all(0 <= x <= 1 for x in d.alpha_background),
+         "data.alpha_background must be 3 numbers in [0, 1] (RGB)", d.alpha_background),
         (0 < d.near < d.far, "data.near must be > 0 and < data.far", (d.near, d.far)),
         (c.bucket_rays >= 1024, "cache.bucket_rays must be >= 1024", c.bucket_rays),
         (c.memory_mb >= 16, "cache.memory_mb must be >= 16", c.memory_mb),

@@ -88,10 +88,22 @@ def test_up_to_date_and_stale_detection(scene_copy, tmp_path):
     # a changed option
     s = build_cache(root, DataConfig(test_every=4), SMALL)
     assert s.status == "built" and any("test_every: 8 -> 4" in r for r in s.reasons)
-    # a changed image
+    # a touched image (new time, same bytes) is the same image: decided by content
     img = root / "images" / "003.png"
     st = img.stat()
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert build_cache(root, DataConfig(test_every=4), SMALL).status == "up to date"
+    # a changed image of another size (stored uncompressed: its size no longer depends on its pixels)
+    pixels = read_image(img)
+    cv2.imwrite(str(img), pixels[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    s = build_cache(root, DataConfig(test_every=4), SMALL)
+    assert s.status == "built" and any("modified: images/003.png" in r for r in s.reasons)
+    # a changed image of the same size and a new time: the hash tells
+    size = img.stat().st_size
+    pixels[0, 0] = 255 - pixels[0, 0]
+    cv2.imwrite(str(img), pixels[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    assert img.stat().st_size == size
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
     s = build_cache(root, DataConfig(test_every=4), SMALL)
     assert s.status == "built" and any("modified: images/003.png" in r for r in s.reasons)
     # speed knobs do not invalidate
@@ -106,11 +118,11 @@ def test_interrupted_build_leaves_the_old_cache_and_no_temp_files(scene_copy, mo
     calls = []
     real = cache_mod.decode_for_cache
 
-    def dying(scene, i, ratio):
+    def dying(scene, i, options):
         calls.append(i)
         if len(calls) == 6:
             raise KeyboardInterrupt  # as if killed (Ctrl-C) in the middle of the write
-        return real(scene, i, ratio)
+        return real(scene, i, options)
 
     monkeypatch.setattr(cache_mod, "decode_for_cache", dying)
     with pytest.raises(KeyboardInterrupt):

@@ -58,9 +58,32 @@ def colmap_scene(tmp_path, capsys):
     return tmp_path / "s"
 
 
-def test_missing_image(colmap_scene, capsys):
-    (colmap_scene / "images" / "004.png").unlink()
-    _fail(["preprocess", colmap_scene], capsys, "004.png does not exist")
+def test_missing_images_are_skipped_loudly(colmap_scene, capsys):
+    # people delete blurry frames after pose estimation: the camera file still lists them
+    for name in ("004.png", "006.png"):
+        (colmap_scene / "images" / name).unlink()
+    code, out, err = run(["preprocess", colmap_scene], capsys)
+    assert code == 0, err
+    assert "2 of the 9 frames in images.bin have no image file" in err and "004.png, 006.png" in err
+    assert "images     7 (6 train, 1 test)" in out
+    _fail(["preprocess", colmap_scene, "data.missing_images=error"], capsys, "004.png, 006.png",
+          "data.missing_images=skip")
+    for p in (colmap_scene / "images").iterdir():
+        p.unlink()
+    _fail(["preprocess", colmap_scene], capsys, "none of the 9 frames", "has its image file")
+
+
+def test_missing_images_in_transforms_json_without_sizes(scene_copy, capsys):
+    root = scene_copy("transforms")
+    meta = json.loads((root / "transforms.json").read_text())
+    for fr in meta["frames"]:
+        del fr["w"], fr["h"]  # sizes must then come from the images, which a missing one cannot give
+    (root / "transforms.json").write_text(json.dumps(meta))
+    (root / "images" / "001.png").unlink()
+    code, out, err = run(["preprocess", root], capsys)
+    assert code == 0, err
+    assert "1 of the 16 frames in transforms.json have no image file" in err and "images/001.png" in err
+    assert "images     15 " in out
 
 
 def test_image_size_mismatch(colmap_scene, capsys):

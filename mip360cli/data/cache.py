@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -52,10 +53,11 @@ from ..errors import UserError
 from ..fsutil import atomic_path, ensure_writable_dir, is_disk_full
 from ..progress import info, progress_bar
 from .cameras import Cameras
-from .images import read_image, resize_area
+from .images import decode_image, resize_area
 from .scene import Scene, check_image_size, load_scene
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 has the same layout, without content hashes of its inputs
 DEFAULT_NAME = "mip360_cache.h5"
 # Bytes per buffered ray during the shuffle: id (4-8) + rgb (3) + bucket (2-4), about doubled for the
 # sorted copies made when a run is spilled.
@@ -66,44 +68,133 @@ _FILTERS = {"lzf": dict(compression="lzf", shuffle=True), "gzip": dict(compressi
 
 # ----------------------------------------------------------------------------- fingerprint
 
+# The options that change what a cache holds, and the config keys they come from (speed knobs such as
+# workers or memory_mb are not among them).
+OPTION_KEYS = {
+    "format": "data.format", "ratio": "data.ratio", "frame_interval": "data.frame_interval",
+    "test_every": "data.test_every", "easymocap_frame": "data.easymocap_frame", "alpha": "data.alpha",
+    "alpha_background": "data.alpha_background", "bucket_rays": "cache.bucket_rays", "seed": "cache.seed",
+    "compression": "cache.compression",
+}
+
 
 def cache_options(data: DataConfig, cache: CacheConfig, fmt: str) -> dict:
-    """The options that change what the cache holds (not speed knobs like workers)."""
-    return {
-        "version": CACHE_VERSION, "format": fmt, "ratio": data.ratio, "frame_interval": data.frame_interval,
-        "test_every": data.test_every, "easymocap_frame": data.easymocap_frame,
-        "bucket_rays": cache.bucket_rays, "seed": cache.seed, "compression": cache.compression,
-    }
+    """The options that change what the cache holds (``fmt``: the format actually read)."""
+    sections = {"data": data, "cache": cache}
+    options = {"version": CACHE_VERSION}
+    for name, key in OPTION_KEYS.items():
+        section, field = key.split(".")
+        options[name] = getattr(sections[section], field)
+    options["format"] = fmt
+    return options
 
 
-def input_records(scene: Scene, root: Path) -> list[list]:
-    """[path, size, mtime_ns] of every camera file and selected image."""
-    records = []
+def adopt_cache_options(path: Path, data: DataConfig, cache: CacheConfig, explicit: set[str]
+                        ) -> tuple[DataConfig, CacheConfig, list[str]]:
+    """Take the options of the cache at ``path`` for every key the user did not give explicitly.
+
+    What ``mip360 preprocess`` built is what later commands use: a ratio or split
+    given once to preprocess is not undone by a config that does not mention it.
+
+    Args:
+        explicit: dotted keys given on the command line (``data.ratio``); these win.
+    Returns:
+        the data and cache sections with the cache's options, and ``key value`` lines of
+        what was taken (empty when there is no readable cache or nothing differed).
+    """
+    stored = stored_options(path)
+    if stored is None:
+        return data, cache, []
+    sections = {"data": dataclasses.replace(data), "cache": dataclasses.replace(cache)}
+    adopted = []
+    for name, key in OPTION_KEYS.items():
+        section, field = key.split(".")
+        if key in explicit or name not in stored:
+            continue
+        value, current = stored[name], getattr(sections[section], field)
+        if current != value:
+            setattr(sections[section], field, value)
+            if not (name == "format" and current == "auto"):  # auto would find it too, unless there are two
+                adopted.append(f"{key}={value}")
+    return sections["data"], sections["cache"], adopted
+
+
+def stored_options(path: Path) -> dict | None:
+    """The options of a complete cache at ``path``, or None when there is none or it cannot be read."""
+    try:
+        with h5py.File(path, "r") as f:
+            if not f.attrs.get("complete", False) or "options" not in f.attrs:
+                return None
+            return json.loads(f.attrs["options"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def file_hash(path: Path | None = None, data: bytes | np.ndarray | None = None) -> str:
+    """Content hash of a file (or of its bytes, already read)."""
+    h = hashlib.blake2b(digest_size=16)
+    if data is not None:
+        h.update(memoryview(data))
+    else:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def input_files(scene: Scene, root: Path) -> list[tuple[str, Path]]:
+    """(name, path) of every camera file and selected image; names relative to ``root`` when inside it."""
+    out = []
     for p in (*scene.camera_files, *scene.cameras.image_paths):
-        st = os.stat(p)
         try:
             name = str(Path(p).resolve().relative_to(root.resolve()))
         except ValueError:
             name = str(Path(p).resolve())
-        records.append([name, st.st_size, st.st_mtime_ns])
-    return records
+        out.append((name, Path(p)))
+    return out
 
 
 def fingerprint(options: dict, records: list[list]) -> str:
-    import hashlib
-
-    blob = json.dumps({"options": options, "inputs": records}, sort_keys=True).encode()
+    """A hash of the options and the inputs' names and contents (not their times: a copy keeps it)."""
+    blob = json.dumps({"options": options, "inputs": [[r[0], r[3]] for r in records]}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
-def describe_changes(old_options: dict, old_records: list, options: dict, records: list) -> list[str]:
+def current_records(inputs: list[tuple[str, Path]], stored: list[list]) -> tuple[list[list], int]:
+    """[name, size, mtime_ns, content hash] of the inputs now, hashing only where it can matter.
+
+    A file whose size and modification time match the stored record keeps the
+    stored hash; one whose size matches but time differs (``touch``, ``cp``, rsync
+    without times) is hashed again; one whose size differs has changed (hash None).
+    Returns (records, number of files hashed).
+    """
+    old = {r[0]: r for r in stored if len(r) >= 4}
+    records, hashed = [], 0
+    for name, p in inputs:
+        st = os.stat(p)
+        prev = old.get(name)
+        digest = None
+        if prev is not None and prev[1] == st.st_size:
+            if prev[2] == st.st_mtime_ns:
+                digest = prev[3]
+            else:
+                digest, hashed = file_hash(p), hashed + 1
+        records.append([name, st.st_size, st.st_mtime_ns, digest])
+    return records, hashed
+
+
+def describe_changes(old_options: dict, old_records: list, options: dict, records: list,
+                     explicit: set[str] = frozenset()) -> list[str]:
     """Human-readable reasons why a cache no longer matches its inputs."""
-    reasons = [f"option {k}: {old_options.get(k)!r} -> {options.get(k)!r}"
-               for k in sorted(set(options) | set(old_options)) if old_options.get(k) != options.get(k)]
-    old = {r[0]: r[1:] for r in old_records}
-    new = {r[0]: r[1:] for r in records}
+    reasons = []
+    for k in sorted(set(options) | set(old_options)):
+        if old_options.get(k) != options.get(k):
+            given = " (given on the command line)" if OPTION_KEYS.get(k) in explicit else ""
+            reasons.append(f"option {k}: {old_options.get(k)!r} -> {options.get(k)!r}{given}")
+    old = {r[0]: r[3] if len(r) >= 4 else None for r in old_records}
+    new = {r[0]: r[3] for r in records}
     for label, names in (("added", sorted(set(new) - set(old))), ("removed", sorted(set(old) - set(new))),
-                         ("modified", sorted(k for k in set(new) & set(old) if new[k] != old[k]))):
+                         ("modified", sorted(k for k in set(new) & set(old) if new[k] is None or new[k] != old[k]))):
         if names:
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             reasons.append(f"{len(names)} input file(s) {label}: {shown}")
@@ -123,6 +214,11 @@ class CacheSummary:
     rays: int
     bytes: int
     seconds: float
+    format: str
+    source: str
+    data: DataConfig
+    """The data options the cache holds (the user's, or the existing cache's where not given)."""
+    cache: CacheConfig
     reasons: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -134,41 +230,64 @@ def default_cache_path(folder: Path, cache: CacheConfig) -> Path:
     return Path(cache.path) if cache.path else Path(folder) / DEFAULT_NAME
 
 
-def check_cache(path: Path, options: dict, records: list) -> list[str] | None:
-    """None if ``path`` is an up-to-date cache for these inputs, else the reasons it is not."""
+def check_cache(path: Path, options: dict, inputs: list[tuple[str, Path]], explicit: set[str] = frozenset()
+                ) -> tuple[list[str] | None, list[list]]:
+    """Is ``path`` an up-to-date cache for these options and inputs?
+
+    Returns (None if it is, else the reasons it is not; the inputs' current records).
+    """
     if not path.exists():
-        return ["no cache yet"]
+        return ["no cache yet"], current_records(inputs, [])[0]
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("version") != CACHE_VERSION:
-                return [f"cache format version {f.attrs.get('version')} (this mip360 writes {CACHE_VERSION})"]
-            if f.attrs.get("fingerprint") == fingerprint(options, records):
-                return None
-            return describe_changes(json.loads(f.attrs["options"]), json.loads(f.attrs["inputs"]),
-                                    options, records) or ["inputs changed"]
-    except (OSError, KeyError) as e:
-        return [f"existing file is not a readable cache ({e})"]
+            version = f.attrs.get("version")
+            if version != CACHE_VERSION:
+                return ([f"cache format version {version} (this mip360 writes {CACHE_VERSION}, "
+                         "with content hashes of its inputs)"], current_records(inputs, [])[0])
+            old_options, stored = json.loads(f.attrs["options"]), json.loads(f.attrs["inputs"])
+            stored_fingerprint, complete = f.attrs.get("fingerprint"), bool(f.attrs.get("complete", False))
+    except (OSError, KeyError, ValueError) as e:
+        return [f"existing file is not a readable cache ({e})"], current_records(inputs, [])[0]
+    records, hashed = current_records(inputs, stored)
+    if complete and all(r[3] is not None for r in records) and fingerprint(options, records) == stored_fingerprint:
+        if hashed:
+            info(f"{hashed} input file(s) have new modification times but the same content (checked by hash): "
+                 f"{path.name} is kept")
+        return None, records
+    return describe_changes(old_options, stored, options, records, explicit) or ["inputs changed"], records
 
 
 def build_cache(folder: str | Path, data: DataConfig, cache: CacheConfig, out: str | Path | None = None,
-                force: bool = False) -> CacheSummary:
+                force: bool = False, explicit: set[str] | None = None) -> CacheSummary:
     """Build (or confirm up to date) the ray cache of dataset ``folder``.
 
-    A cache whose fingerprint (options + input paths, sizes, mtimes) matches is
-    reused at once; a stale one is rebuilt automatically, and the reasons are
+    A cache whose fingerprint (options + input names and content hashes) matches
+    is reused at once; a stale one is rebuilt automatically, and the reasons are
     reported. ``force`` rebuilds in any case.
+
+    Args:
+        explicit: the dotted keys the user gave on the command line. When given, an
+            existing cache's options are taken for every other key (what preprocess
+            built is what later commands use); None = use ``data`` and ``cache`` as they are.
     """
     t0 = time.perf_counter()
     folder = Path(folder)
-    scene = load_scene(folder, data)
     path = Path(out) if out else default_cache_path(folder, cache)
     if path.exists() and path.is_dir():
         raise UserError(f"cache path {path} is a folder", hint="give a file name ending in .h5 (--out)")
+    adopted = []
+    if explicit is not None:
+        data, cache, adopted = adopt_cache_options(path, data, cache, explicit)
+        if adopted:
+            info(f"using the options {path.name} was built with: {', '.join(adopted)} "
+                 "(give them on the command line to change them)")
+    scene = load_scene(folder, data)
     ensure_writable_dir(path.parent)
     options = cache_options(data, cache, scene.format)
-    records = input_records(scene, folder)
-    reasons = check_cache(path, options, records)
-    summary = dict(path=path, images=len(scene.cameras), train_images=len(scene.train), test_images=len(scene.test))
+    reasons, records = check_cache(path, options, input_files(scene, folder), explicit or frozenset())
+    summary = dict(path=path, images=len(scene.cameras), train_images=len(scene.train),
+                   test_images=len(scene.test), format=scene.format, source=scene.describe(folder),
+                   data=data, cache=cache)
     if reasons is None and not force:
         with h5py.File(path, "r") as f:
             n_rays = int(f.attrs["n_rays"])
@@ -234,15 +353,28 @@ def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-def decode_for_cache(scene: Scene, i: int, ratio: float) -> np.ndarray:
-    """Image ``i`` of ``scene`` decoded and resized to its camera: (H, W, 3) uint8."""
+def decode_for_cache(scene: Scene, i: int, options: dict) -> tuple[np.ndarray, list]:
+    """Image ``i`` of ``scene`` decoded and resized to its camera.
+
+    Returns:
+        (H, W, 3) uint8, and the file's [size, mtime_ns, content hash] as read (for the fingerprint).
+    """
     cams = scene.cameras
     path = cams.image_paths[i]
-    img = read_image(path)
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            data = np.frombuffer(fh.read(), dtype=np.uint8)
+    except FileNotFoundError:
+        raise UserError(f"image {path} disappeared while the cache was being built",
+                        hint="run the command again once the images are in place") from None
+    background = None if options["alpha"] == "error" else options["alpha_background"]
+    img = decode_image(data, path, background)
     expected = (int(scene.source_width[i]), int(scene.source_height[i]))
-    check_image_size(path, (img.shape[1], img.shape[0]), expected, ratio,
+    check_image_size(path, (img.shape[1], img.shape[0]), expected, options["ratio"],
                      scene.camera_files[0] if scene.camera_files else path)
-    return resize_area(img, int(cams.width[i]), int(cams.height[i]))
+    return resize_area(img, int(cams.width[i]), int(cams.height[i])), [st.st_size, st.st_mtime_ns,
+                                                                          file_hash(data=data)]
 
 
 def bucket_sort_image(pixels: int, n_buckets: int, seed: int, index: int, rgb: np.ndarray, id_dtype
@@ -370,12 +502,13 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
     buffer_rays = max(cache.memory_mb * 2**20 // _BUFFER_BYTES_PER_RAY, 1)
     id_dtype = np.uint32 if n_rays < 2**32 else np.uint64
     filters = _FILTERS[cache.compression]
-    ratio = options["ratio"]
     train_pos = {int(i): j for j, i in enumerate(train)}
     runs = _Runs(n_buckets, id_dtype, tmp.with_name(tmp.name + ".runs.partial"))
+    n_camera_files = len(records) - len(cams)
 
     def decode(i: int) -> tuple:
-        img = decode_for_cache(scene, i, ratio)
+        img, stat = decode_for_cache(scene, i, options)
+        records[n_camera_files + i][1:] = stat  # the fingerprint describes the bytes actually cached
         if i not in train_pos:
             return i, img, None
         j = train_pos[i]  # the decoded image is dropped here: only its bucket-sorted copy travels on
@@ -384,9 +517,9 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
     try:
         with h5py.File(tmp, "w") as f:
             f.attrs.update(version=CACHE_VERSION, mip360_version=__version__, format=scene.format,
-                           options=json.dumps(options), inputs=json.dumps(records),
-                           fingerprint=fingerprint(options, records), n_rays=n_rays, n_buckets=n_buckets,
-                           complete=False)
+                           options=json.dumps(options), n_rays=n_rays, n_buckets=n_buckets, complete=False)
+            for record, camera_file in zip(records, scene.camera_files):  # images: hashed as they are decoded
+                record[3] = file_hash(Path(camera_file))
             _write_cameras(f, scene)
             test_group = f.create_group("test/images")
             # Pass 1: stream the images, assign each ray a random bucket, spill sorted runs.
@@ -439,6 +572,7 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
             g.create_dataset("bucket_first_id", data=first_ids)
             g.create_dataset("overflow_row", data=np.concatenate([np.zeros(0, np.int64), *overflow_rows]))
             g.create_dataset("overflow_gap", data=np.concatenate([np.zeros(0, np.int64), *overflow_gaps]))
+            f.attrs.update(inputs=json.dumps(records), fingerprint=fingerprint(options, records))
             f.attrs["complete"] = True
     finally:
         runs.close()
@@ -465,7 +599,7 @@ class RayCache:
             raise UserError(f"{self.path} is not a readable HDF5 ray cache ({e})",
                             hint="rebuild it with `mip360 preprocess DATA --force`") from None
         a = self.file.attrs
-        if a.get("version") != CACHE_VERSION or not a.get("complete", False):
+        if a.get("version") not in READABLE_VERSIONS or not a.get("complete", False):
             self.file.close()
             raise UserError(f"{self.path} is not a complete mip360 v{CACHE_VERSION} ray cache",
                             hint="rebuild it with `mip360 preprocess DATA --force`")
@@ -528,6 +662,8 @@ class RayCache:
 def summary_lines(s: CacheSummary) -> list[str]:
     return [
         f"cache      {s.path} ({s.status})",
+        f"format     {s.source}",
+        f"options    ratio {s.data.ratio}, frame_interval {s.data.frame_interval}, test_every {s.data.test_every}",
         f"images     {s.images} ({s.train_images} train, {s.test_images} test)",
         f"rays       {s.rays:,} ({s.bytes_per_ray:.2f} bytes/ray, {s.bytes / 2**20:,.1f} MiB)",
         f"time       {s.seconds:.1f} s",

@@ -79,11 +79,40 @@ def _checker(u, v, ca, cb):
     return np.where(mask, np.asarray(ca), np.asarray(cb))
 
 
-def trace(o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """Smooth deterministic noise in [0, 1] on the plane: a hashed lattice, bilinearly interpolated.
+
+    Args:
+        x, y: (R,) coordinates; the lattice spacing is 1.
+    Returns:
+        (R,) noise values, continuous in (x, y) and not periodic.
+    """
+    ix, iy = np.floor(x), np.floor(y)
+    fx, fy = x - ix, y - iy
+    fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)  # smoothstep: no visible lattice
+
+    def corner(dx, dy):
+        h = (ix + dx).astype(np.int64) * 73856093 ^ (iy + dy).astype(np.int64) * 19349663 ^ seed * 83492791
+        h = (h ^ (h >> 13)) * 1274126177
+        return ((h ^ (h >> 16)) & 0xFFFF) / 65535.0
+
+    top = corner(0, 0) * (1 - fx) + corner(1, 0) * fx
+    bottom = corner(0, 1) * (1 - fx) + corner(1, 1) * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _detail(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """(R, 1) multiplicative surface detail in [0.55, 1]: noise at three scales, like a worn real surface."""
+    n = sum(w * value_noise(x * f, y * f, seed + k) for k, (f, w) in enumerate(((3, 0.5), (11, 0.3), (37, 0.2))))
+    return (0.55 + 0.45 * n)[:, None]
+
+
+def trace(o: np.ndarray, d: np.ndarray, texture: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Color and ray distance for rays ``o + t d``.
 
     Args:
         o, d: (R, 3) origins and (not normalized) directions in the scene world.
+        texture: add non-repeating surface detail (for feature matching, e.g. ``mip360 poses``).
     Returns:
         rgb (R, 3) in [0, 1], t (R,) with the hit point at ``o + t d``.
     """
@@ -114,9 +143,13 @@ def trace(o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                         [0.2, 0.7, 0.85], [0.3, 0.3, 0.9], [0.85, 0.3, 0.75]])
     stripes = 0.8 + 0.2 * (np.floor(el * 8) % 2)
     rgb[m] = palette[panel] * stripes[:, None] * (0.75 + 0.25 * np.clip(el, 0, 1))[:, None]
+    if texture:
+        rgb[m] *= _detail(az * 4, el * 4, 1)
     # Floor: tiles of 0.75 units.
     m = kind == -2
     rgb[m] = _checker(p[m, 0] / 0.75, p[m, 1] / 0.75, (0.9, 0.85, 0.75), (0.2, 0.2, 0.25))
+    if texture:
+        rgb[m] *= _detail(p[m, 0], p[m, 1], 2)
     normal[m] = (0, 0, 1)
     for i, s in enumerate(SPHERES):
         m = kind == i
@@ -124,6 +157,8 @@ def trace(o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lon = np.arctan2(nrm[:, 1], nrm[:, 0]) / (2 * np.pi) * s.tiles
         lat = np.arcsin(np.clip(nrm[:, 2], -1, 1)) / np.pi * s.tiles / 2
         rgb[m] = _checker(lon, lat, s.color_a, s.color_b)
+        if texture:
+            rgb[m] *= _detail(lon, lat, 3 + i)
         normal[m] = nrm
     lit = kind != -1
     shade = 0.45 + 0.55 * np.clip(normal[lit] @ LIGHT, 0, 1)
@@ -144,14 +179,14 @@ def _camera_rays(cameras: Cameras, i: int, offsets: tuple[float, float]) -> tupl
     return np.broadcast_to(c2w[:, 3], dirs.shape), dirs
 
 
-def render_view(cameras: Cameras, i: int) -> tuple[np.ndarray, np.ndarray]:
+def render_view(cameras: Cameras, i: int, texture: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Render camera ``i``: (H, W, 3) uint8 RGB and (H, W) float32 z-depth."""
     w, h = int(cameras.width[i]), int(cameras.height[i])
     rgb = np.zeros((h * w, 3))
     for ox in (0.25, 0.75):
         for oy in (0.25, 0.75):
             o, d = _camera_rays(cameras, i, (ox, oy))
-            rgb += trace(o, d)[0] / 4
+            rgb += trace(o, d, texture)[0] / 4
     o, d = _camera_rays(cameras, i, (0.5, 0.5))
     _, t = trace(o, d)  # d has unit camera z, so t is z-depth
     img = np.round(rgb * 255).astype(np.uint8).reshape(h, w, 3)
@@ -167,7 +202,7 @@ def image_relpath(fmt: str, name: str) -> str:
 
 def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width: int = 64,
                  height: int = 48, distortion: float = 0.0, colmap_binary: bool = True,
-                 progress=None) -> Cameras:
+                 progress=None, texture: bool = False) -> Cameras:
     """Write the example scene to ``out`` in format ``fmt``.
 
     Writes the images, the camera file(s) of the format, ``depth/<name>.npy``
@@ -176,6 +211,8 @@ def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width
     Args:
         distortion: radial k1 of the cameras (k2 = k1 / 4); not for ``llff``.
         progress: optional callable called once per rendered image.
+        texture: add non-repeating surface detail, so that feature matchers (SIFT) find
+            distinct points; the plain scene's checkers repeat too regularly for them.
     Returns:
         The cameras in the scene's world (OpenCV axes).
     """
@@ -189,7 +226,7 @@ def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width
     rel = [image_relpath(fmt, n) for n in cams.names]
     depth_ranges = []
     for i in range(len(cams)):
-        img, depth = render_view(cams, i)
+        img, depth = render_view(cams, i, texture)
         write_image(out / rel[i], img)
         (out / "depth").mkdir(exist_ok=True)
         np.save(out / "depth" / f"{Path(cams.names[i]).stem}.npy", depth)
@@ -205,6 +242,6 @@ def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width
     else:
         easymocap.write(out, cams.replace(names=tuple(Path(n).stem for n in cams.names)))
     info = {"format": fmt, "images": n_images, "width": width, "height": height, "distortion": distortion,
-            "world_up": [0, 0, 1], "enclosure_radius": ENCLOSURE_RADIUS}
+            "texture": texture, "world_up": [0, 0, 1], "enclosure_radius": ENCLOSURE_RADIUS}
     (out / "example.json").write_text(json.dumps(info, indent=2) + "\n")
     return cams.replace(image_paths=tuple(out / r for r in rel))

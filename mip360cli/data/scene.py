@@ -16,6 +16,7 @@ from ..config import DataConfig
 from ..errors import UserError
 from .cameras import Cameras, check_intrinsics, check_poses, normalize_poses, split_indices
 from .formats import read_cameras
+from ..progress import warn
 from .images import image_size
 
 
@@ -41,34 +42,78 @@ class Scene:
     format: str
     camera_files: tuple[Path, ...]
 
+    def describe(self, root: Path) -> str:
+        """``colmap (sparse/0/images.bin; images in images_4/)``: what was read, for the user."""
+
+        def rel(p: Path) -> str:
+            try:
+                return str(Path(p).relative_to(root))
+            except ValueError:
+                return str(p)
+
+        folders = sorted({rel(Path(p).parent) for p in self.cameras.image_paths})
+        shown = ", ".join(f"{f}/" for f in folders[:2]) + (f" and {len(folders) - 2} more" if len(folders) > 2 else "")
+        files = ", ".join(rel(p) for p in self.camera_files)
+        return f"{self.format} ({files}; images in {shown})"
+
 
 def load_scene(folder: str | Path, data: DataConfig, check_images: bool = True) -> Scene:
     """Read, validate, select, normalize, split and resize the cameras of ``folder``.
 
+    Frames whose image file is missing are dropped with a warning (or refused
+    with ``data.missing_images=error``) before anything else, so the split
+    and the normalization see only the images that exist.
+
     Args:
         folder: dataset folder in any supported format.
-        data: the ``data`` config section (format, ratio, frame_interval, test_every).
-        check_images: check that every image exists and its header size matches
-            the intrinsics (cheap: headers only).
+        data: the ``data`` config section (format, ratio, frame_interval, test_every, missing_images).
+        check_images: check that every image's header size matches the intrinsics (cheap: headers only).
     """
     folder = Path(folder)
     fmt, cams, files = read_cameras(folder, data.format, data.ratio, data.easymocap_frame)
     source = files[0] if files else folder
+    # COLMAP lists its frames in images.bin|txt, beside cameras.bin|txt
+    frames_file = next((f for f in files if f.stem == "images"), source)
+    cams = drop_missing_images(cams, frames_file, data.missing_images)
     check_intrinsics(cams.K, cams.width, cams.height, cams.names, source)
     check_poses(cams.c2w, cams.names, source)
     cams = cams.select(np.arange(0, len(cams), data.frame_interval))
-    if check_images:
-        for i in range(len(cams)):
-            check_image_size(cams.image_paths[i], image_size(cams.image_paths[i]),
-                             (int(cams.width[i]), int(cams.height[i])), data.ratio, source)
     c2w, transform = normalize_poses(cams.c2w)
     source_w, source_h = cams.width.copy(), cams.height.copy()
     cams = cams.replace(c2w=c2w).scaled(data.ratio)
+    if check_images:
+        width, height = cams.width.copy(), cams.height.copy()
+        for i in range(len(cams)):
+            actual = image_size(cams.image_paths[i])
+            if check_image_size(cams.image_paths[i], actual, (int(source_w[i]), int(source_h[i])), data.ratio,
+                                source):
+                # Already downscaled (images_N): keep its exact size, a pixel off the rounded one at most,
+                # instead of resampling it by a pixel.
+                width[i], height[i] = actual
+        cams = cams.replace(width=width, height=height)
     train, test = split_indices(len(cams), data.test_every)
     if len(train) == 0:
         raise UserError(f"{folder}: no training images left ({len(cams)} images, test_every={data.test_every})",
                         hint="use more images, a smaller frame_interval, or test_every=0")
     return Scene(cams, source_w, source_h, transform, train, test, fmt, tuple(files))
+
+
+def drop_missing_images(cams: Cameras, source: Path, policy: str) -> Cameras:
+    """The cameras whose image file exists; warn about (``skip``) or refuse (``error``) the others."""
+    exists = np.array([Path(p).is_file() for p in cams.image_paths], bool)
+    if exists.all():
+        return cams
+    missing = [cams.names[i] for i in np.flatnonzero(~exists)]
+    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    where = Path(cams.image_paths[int(np.flatnonzero(~exists)[0])]).parent
+    what = f"{len(missing)} of the {len(cams)} frames in {source.name} have no image file in {where}: {shown}"
+    if not exists.any():
+        raise UserError(f"none of the {len(cams)} frames in {source} has its image file (looked in {where})",
+                        hint="check that the images sit where the camera file says (e.g. images/ beside it)")
+    if policy == "error":
+        raise UserError(what, hint="restore the images, or set data.missing_images=skip to train without them")
+    warn(f"{what}; training without them (data.missing_images=error to stop instead)")
+    return cams.select(np.flatnonzero(exists))
 
 
 def check_image_size(path: Path, actual: tuple[int, int], expected: tuple[int, int], ratio: float,

@@ -205,7 +205,14 @@ def ground_truth(loaded: LoadedRun, stored: np.ndarray | None, index: int, width
     if str(path) in ("", ".") or not Path(path).is_file():
         raise UserError(f"the photo of view '{loaded.cameras.names[index]}' is not available ({path})",
                         hint="evaluate at the cache's ratio (its held-out photos are stored), or restore the images")
-    return resize_area(read_image(Path(path)), width, height) / 255.0
+    data = loaded.cfg.data
+    photo = read_image(Path(path), None if data.alpha == "error" else data.alpha_background)
+    if photo.shape[1] < width or photo.shape[0] < height:
+        # e.g. a run trained on images_4/ evaluated at a larger ratio: an upsampled photo is no ground truth
+        raise UserError(f"the photo of view '{loaded.cameras.names[index]}' ({path}) is {photo.shape[1]}x"
+                        f"{photo.shape[0]}, smaller than the {width}x{height} asked for",
+                        hint="evaluate at the training ratio or below, or train from the full-size images")
+    return resize_area(photo, width, height) / 255.0
 
 
 def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | None = None) -> dict:

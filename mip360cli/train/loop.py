@@ -17,7 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, config_hash, config_to_dict, save_config
-from ..data.cache import RayCache, build_cache, default_cache_path
+from ..data.cache import OPTION_KEYS, RayCache, build_cache, default_cache_path
 from ..data.cameras import Cameras, cameras_to_tensors, pixel_rays
 from ..errors import UserError
 from ..eval import metrics
@@ -70,29 +70,32 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def open_cache(data: Path, cfg: Config, env: distributed.DistEnv) -> RayCache:
-    """DATA is a cache file, or a dataset folder whose cache is built or checked first."""
+def open_cache(data: Path, cfg: Config, env: distributed.DistEnv, explicit: set[str] | None = None) -> RayCache:
+    """DATA is a cache file, or a dataset folder whose cache is built or checked first.
+
+    ``explicit``: the dotted keys given on the command line; the existing cache's
+    options are kept for all others (see :func:`~mip360cli.data.cache.build_cache`).
+    """
     if not data.exists():
         raise UserError(f"{data} does not exist", hint="give a dataset folder or a cache made by `mip360 preprocess`")
     if data.is_dir():
         path = default_cache_path(data, cfg.cache)
         if env.local_rank == 0:
-            summary = build_cache(data, cfg.data, cfg.cache, out=path)
-            info(f"ray cache {summary.path} ({summary.status}, {summary.rays:,} rays)")
+            summary = build_cache(data, cfg.data, cfg.cache, out=path, explicit=explicit)
+            info(f"ray cache {summary.path} ({summary.status}, {summary.rays:,} rays, {summary.source})")
         distributed.barrier(env)
     else:
         path = data
     return RayCache(path)
 
 
-def adopt_cache_options(cfg: Config, cache: RayCache) -> None:
-    """A cache fixes the data options it was built with; the run's config records those."""
-    opts = cache.options
-    for key in ("ratio", "frame_interval", "test_every", "easymocap_frame"):
-        if getattr(cfg.data, key) != opts[key]:
-            info(f"data.{key} = {opts[key]} (from the cache {cache.path.name}; "
-                 f"the config said {getattr(cfg.data, key)})")
-            setattr(cfg.data, key, opts[key])
+def record_cache_options(cfg: Config, cache: RayCache) -> None:
+    """A cache fixes the options it was built with; the run's config records those."""
+    sections = {"data": cfg.data, "cache": cfg.cache}
+    for name, key in OPTION_KEYS.items():
+        section, field = key.split(".")
+        if name in cache.options and name != "format" and getattr(sections[section], field) != cache.options[name]:
+            setattr(sections[section], field, cache.options[name])
 
 
 def cameras_json(cameras: Cameras, cache: RayCache) -> str:
@@ -183,7 +186,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def train(data: str | Path, run: str | Path, cfg: Config, restart: bool = False,
-          data_shards: int | None = None) -> TrainSummary:
+          data_shards: int | None = None, explicit: set[str] | None = None) -> TrainSummary:
     """Train (or resume) a run.
 
     Args:
@@ -193,6 +196,8 @@ def train(data: str | Path, run: str | Path, cfg: Config, restart: bool = False,
         restart: discard the run's checkpoints and start over.
         data_shards: in a single process, read this many data shards (default 1) so the global
             batch matches a run on that many processes (used to check DDP against one process).
+        explicit: dotted keys the user gave on the command line; a dataset folder's existing
+            cache keeps its options for every other key. None: ``cfg`` decides all.
     """
     data, run = Path(data), Path(run)
     tc = cfg.train
@@ -206,18 +211,18 @@ def train(data: str | Path, run: str | Path, cfg: Config, restart: bool = False,
     elif env.local_world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world))
     try:
-        return _train(data, run, cfg, restart, data_shards, device, env)
+        return _train(data, run, cfg, restart, data_shards, device, env, explicit)
     finally:
         distributed.shutdown(env)
 
 
 def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int | None, device: torch.device,
-           env: distributed.DistEnv) -> TrainSummary:
+           env: distributed.DistEnv, explicit: set[str] | None) -> TrainSummary:
     tc = cfg.train
     if env.is_main:
         ensure_writable_dir(run)
-    cache = open_cache(data, cfg, env)
-    adopt_cache_options(cfg, cache)
+    cache = open_cache(data, cfg, env, explicit)
+    record_cache_options(cfg, cache)
     num_shards = env.world if env.enabled else (data_shards or 1)
     shards = [env.rank] if env.enabled else list(range(num_shards))
     if tc.batch_rays % num_shards:

@@ -30,7 +30,17 @@ def detect_format(folder: Path) -> str:
             f"no camera file found in {folder}",
             hint="expected one of: sparse/0/cameras.bin|txt (COLMAP), poses_bounds.npy (LLFF), "
                  "transforms.json (nerfstudio/instant-ngp), intri.yml + extri.yml (EasyMocap)")
-    return found[0]  # COLMAP first: it is the source the others are usually made from
+    if len(found) > 1:
+        raise UserError(
+            f"{folder} holds cameras in {len(found)} formats: "
+            + ", ".join(f"{name} ({_describe(READERS[name], folder)})" for name in found),
+            hint=f"choose one with --format (e.g. --format {found[0]}) or data.format={found[0]}")
+    return found[0]
+
+
+def _describe(mod, folder: Path) -> str:
+    files = mod.input_files(folder)
+    return ", ".join(str(p.relative_to(folder)) for p in files) if files else mod.__name__
 
 
 def read_cameras(folder: Path, fmt: str = "auto", ratio: float = 1.0, easymocap_frame: int = 0
@@ -48,7 +58,7 @@ def read_cameras(folder: Path, fmt: str = "auto", ratio: float = 1.0, easymocap_
     elif not READERS[fmt].detect(folder):
         raise UserError(f"{folder} does not hold {fmt} data", hint="drop --format to detect the format")
     mod = READERS[fmt]
-    if fmt == "llff":
+    if fmt in ("llff", "colmap"):
         cams = mod.read(folder, ratio=ratio)
     elif fmt == "easymocap":
         cams = mod.read(folder, frame=easymocap_frame)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ...errors import UserError
 from ..cameras import Cameras, quaternion_to_rotation, rotation_to_quaternion
+from ..images import downscaled_folder
 
 # model id -> (name, number of params)
 MODELS = {
@@ -43,8 +44,13 @@ def input_files(folder: Path) -> list[Path]:
     return [p for p in sorted(d.iterdir()) if p.stem in ("cameras", "images")] if d else []
 
 
-def read(folder: Path, image_dir: str = "images") -> Cameras:
-    """Read a COLMAP model under ``folder``; images are in ``folder/images``."""
+def read(folder: Path, ratio: float = 1.0) -> Cameras:
+    """Read a COLMAP model under ``folder``; images are in ``folder/images``.
+
+    With ``ratio = 1/N`` and a folder ``images_N`` beside ``images`` (the
+    Mip-NeRF 360 dataset's layout), the images are taken from ``images_N``;
+    the cameras still describe the full-size images the model was made from.
+    """
     d = model_dir(folder)
     if d is None:
         raise UserError(f"{folder}: no COLMAP model (sparse/0/cameras.bin or .txt) found")
@@ -57,6 +63,8 @@ def read(folder: Path, image_dir: str = "images") -> Cameras:
         raise UserError(f"{imgs_file}: the model has no registered images",
                         hint="COLMAP did not reconstruct any camera; check the reconstruction")
     images.sort(key=lambda im: im["name"])
+    down = downscaled_folder(folder, ratio)
+    image_dir = down[0] if down else folder / "images"
     Ks, c2ws, ws, hs, dists, paths, names = [], [], [], [], [], [], []
     for im in images:
         cam_id = im["camera_id"]
@@ -74,7 +82,7 @@ def read(folder: Path, image_dir: str = "images") -> Cameras:
         t = np.asarray(im["tvec"], np.float64)
         c2w = np.concatenate([R.T, (-R.T @ t)[:, None]], axis=1)
         Ks.append(K), c2ws.append(c2w), ws.append(w), hs.append(h), dists.append(dist)
-        paths.append(folder / image_dir / im["name"])
+        paths.append(image_dir / im["name"])
         names.append(im["name"])
     return Cameras.create(Ks, c2ws, ws, hs, paths, names, dists)
 
@@ -188,21 +196,33 @@ def _read_cameras_txt(path: Path) -> dict:
     return cams
 
 
+def _is_points_line(fields: list[str]) -> bool:
+    """A POINTS2D line: (X, Y, POINT3D_ID) triples, all numbers. An image line ends in a name."""
+    if len(fields) % 3:
+        return False
+    try:
+        [float(x) for x in fields]
+    except ValueError:
+        return False
+    return True
+
+
 def _read_images_txt(path: Path) -> list[dict]:
+    """Image lines of ``images.txt``, each followed by its 2D-point line or not.
+
+    COLMAP writes a POINTS2D line (possibly empty) after every image line, but
+    some tools leave those lines out; lines are told apart by their content,
+    so both forms read the same.
+    """
     images = []
-    lines = _data_lines(path)
-    i = 0
-    while i < len(lines):
-        lineno, line = lines[i]
+    for lineno, line in _data_lines(path):
         f = line.split(maxsplit=9)
-        if not f:
-            i += 1
+        if not f or _is_points_line(line.split()):
             continue
         if len(f) < 10:
             raise UserError(f"{path}:{lineno}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME'")
         vals = _floats(path, lineno, f[1:8])
         images.append(dict(id=int(f[0]), qvec=vals[:4], tvec=vals[4:7], camera_id=int(f[8]), name=f[9]))
-        i += 2  # the next line lists the image's 2D points
     return images
 
 

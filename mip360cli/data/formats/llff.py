@@ -14,7 +14,7 @@ import numpy as np
 
 from ...errors import UserError
 from ..cameras import Cameras
-from ..images import image_size, list_images
+from ..images import downscaled_folder, image_size, list_images
 
 FILE = "poses_bounds.npy"
 
@@ -25,16 +25,6 @@ def detect(folder: Path) -> bool:
 
 def input_files(folder: Path) -> list[Path]:
     return [folder / FILE]
-
-
-def downscaled_folder(folder: Path, ratio: float) -> tuple[Path, int] | None:
-    """``images_N`` matching ``ratio = 1/N`` if present: (folder, N)."""
-    if ratio >= 1:
-        return None
-    n = round(1 / ratio)
-    if abs(n * ratio - 1) < 1e-6 and (folder / f"images_{n}").is_dir():
-        return folder / f"images_{n}", n
-    return None
 
 
 def read(folder: Path, ratio: float = 1.0) -> Cameras:

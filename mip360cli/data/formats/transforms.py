@@ -58,8 +58,8 @@ def read(folder: Path) -> Cameras:
         img = _resolve_image(path.parent, fr["file_path"])
         get = lambda k, default=None: fr.get(k, meta.get(k, default))  # noqa: E731 - per-frame over global
         w, h = get("w"), get("h")
-        if w is None or h is None:
-            w, h = image_size(img)
+        if w is None or h is None:  # a missing image is dropped later (data.missing_images); no size needed
+            w, h = image_size(img) if img.is_file() else (0, 0)
         if get("fl_x") is not None:
             fx = get("fl_x")
             fy = get("fl_y", fx)

@@ -85,6 +85,44 @@ def _parse_size(size: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+@app.command("poses")
+def poses_cmd(
+    source: Path = typer.Argument(..., help="A video (mp4, mov, ...) or a folder of photos (or a dataset folder "
+                                            "with images/)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dataset folder to write images/ and sparse/0 "
+                                                                 "into (default: the video's name; a folder with "
+                                                                 "images/ itself; else PHOTOS-mip360/)."),
+    fps: float = typer.Option(2.0, "--fps", help="Frames per second taken from a video."),
+    keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of the sharpest frames kept (variance of "
+                                                              "the Laplacian) (default: 0.9 for a video, 1 for "
+                                                              "photos)."),
+    max_size: int = typer.Option(1600, "--max-size", help="Longest image side at which features are found."),
+    matcher: str = typer.Option("auto", "--matcher", help="auto | exhaustive | sequential (default auto: "
+                                                          "exhaustive, sequential for videos of over 150 frames)."),
+    overlap: int = typer.Option(10, "--overlap", help="Sequential matching: neighbours each image is matched with."),
+    camera_model: str = typer.Option("SIMPLE_RADIAL", "--camera-model",
+                                     help="SIMPLE_PINHOLE | PINHOLE | SIMPLE_RADIAL | RADIAL | OPENCV."),
+    camera: Optional[str] = typer.Option(None, "--camera", help="auto | single | per-image: which images share "
+                                                                "intrinsics (default: single for a video, auto "
+                                                                "for photos)."),
+    min_registered: float = typer.Option(0.5, "--min-registered", help="Fail when fewer than this fraction of "
+                                                                       "the images is registered."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Compute the poses again when sparse/0 exists."),
+) -> None:
+    """Estimate camera poses of photos or a video with COLMAP (pycolmap; no system install).
+
+    Writes a COLMAP dataset (images/ and sparse/0) that `mip360 preprocess`
+    reads as it is. Needs pycolmap: pip install "mip360cli[poses]".
+    """
+    from .data.poses import PosesOptions, compute_poses, summary_lines
+
+    opts = PosesOptions(fps=fps, keep=keep, max_size=max_size, matcher=matcher, overlap=overlap,
+                        camera_model=camera_model.upper(), camera_mode=camera, min_registered=min_registered,
+                        overwrite=overwrite)
+    for line in summary_lines(compute_poses(source, out, opts)):
+        typer.echo(line)
+
+
 @app.command("preprocess")
 def preprocess_cmd(
     data: Path = typer.Argument(..., help="Dataset folder (COLMAP, LLFF, transforms.json or EasyMocap)."),

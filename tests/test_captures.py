@@ -233,3 +233,21 @@ def test_alpha_images_in_the_cache_follow_the_data_options(scene_copy, capsys):
     # a changed background is a changed cache
     code, out, err = run(["preprocess", root, "cache.bucket_rays=2048", "data.alpha_background=[1,1,1]"], capsys)
     assert code == 0 and "option alpha_background" in err
+
+
+def test_eval_after_the_cache_was_rebuilt_with_another_split_scores_the_right_photos(scene_copy, tmp_path, capsys):
+    root = scene_copy("colmap")
+    run_dir = tmp_path / "run"
+    assert run(["train", root, "--run", run_dir, *TRAIN_FAST], capsys)[0] == 0
+    assert run(["eval", run_dir], capsys)[0] == 0
+    before = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    # the cache is rebuilt with every 4th image held out: its stored held-out images are other views now
+    code, out, err = run(["preprocess", root, "--test-every", "4"], capsys)
+    assert code == 0 and "(built)" in out
+    code, out, err = run(["eval", run_dir], capsys)
+    assert code == 0, err
+    assert "rebuilt after this checkpoint was trained" in err
+    after = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert [r["name"] for r in after["per_image"]] == [r["name"] for r in before["per_image"]]
+    for a, b in zip(after["per_image"], before["per_image"]):
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-6)  # the same photos, read from disk

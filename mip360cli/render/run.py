@@ -44,6 +44,8 @@ class LoadedRun:
     test: np.ndarray
     cache_path: Path | None
     device: torch.device
+    cache_fingerprint: str | None = None
+    """The fingerprint of the cache the checkpoint was trained on (its held-out photos are only valid then)."""
 
     @property
     def scale(self) -> float:
@@ -81,7 +83,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torc
     cache = meta.get("cache")
     return LoadedRun(run, cfg, model, int(state["step"]), cameras, np.asarray(meta["transform_input_to_normalized"]),
                      np.asarray(meta["train"], int), np.asarray(meta["test"], int), Path(cache) if cache else None,
-                     device)
+                     device, state.get("cache_fingerprint"))
 
 
 def render_image(model: Mip360, K: np.ndarray, c2w: np.ndarray, dist: np.ndarray | None, width: int, height: int,
@@ -222,6 +224,13 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
     idx = loaded.test if split == "test" else loaded.train
     rows = []
     use_cache = split == "test" and loaded.cache_path is not None and loaded.cache_path.exists()
+    if use_cache:
+        with RayCache(loaded.cache_path) as c:
+            same = str(c.file.attrs.get("fingerprint")) == loaded.cache_fingerprint
+        if not same:  # rebuilt since (another split, ratio or images): its held-out photos are other views
+            info(f"{loaded.cache_path} was rebuilt after this checkpoint was trained; scoring against the "
+                 "original photos instead of its held-out images")
+            use_cache = False
     with contextlib.ExitStack() as stack, progress_bar("evaluating", len(views), "views") as bar:
         cache = stack.enter_context(RayCache(loaded.cache_path)) if use_cache else None  # opened once
         for k, (v, i) in enumerate(zip(views, idx)):

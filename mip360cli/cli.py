@@ -107,6 +107,8 @@ def poses_cmd(
                                                                 "for photos)."),
     min_registered: float = typer.Option(0.5, "--min-registered", help="Fail when fewer than this fraction of "
                                                                        "the images is registered."),
+    threads: int = typer.Option(-1, "--threads", help="CPU threads for COLMAP (-1: all; 1: the same result "
+                                                      "from run to run, slower)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Compute the poses again when sparse/0 exists."),
 ) -> None:
     """Estimate camera poses of photos or a video with COLMAP (pycolmap; no system install).
@@ -118,7 +120,7 @@ def poses_cmd(
 
     opts = PosesOptions(fps=fps, keep=keep, max_size=max_size, matcher=matcher, overlap=overlap,
                         camera_model=camera_model.upper(), camera_mode=camera, min_registered=min_registered,
-                        overwrite=overwrite)
+                        threads=threads, overwrite=overwrite)
     for line in summary_lines(compute_poses(source, out, opts)):
         typer.echo(line)
 

@@ -305,8 +305,11 @@ def _count(db: Path, sql: str) -> int:
 
 def _stage(name: str, kwargs: dict, counter, errors) -> None:
     """One pycolmap step, in a child process (see :func:`_run_stage`)."""
+    import signal
+
     import pycolmap
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends this process
     pycolmap.logging.minloglevel = 2  # warnings and errors only: the parent shows the progress
     pycolmap.set_random_seed(kwargs.pop("seed"))
     threads = kwargs.pop("threads")
@@ -373,7 +376,7 @@ def _run_stage(name: str, kwargs: dict, description: str, total: int, unit: str,
                     bar.advance(now - done)
                     done = now
         except KeyboardInterrupt:
-            child.terminate()
+            child.kill()  # its work is thrown away; SIGTERM would make COLMAP print a crash report
             child.join()
             raise
         if child.exitcode == 0 and done < total:
@@ -400,7 +403,17 @@ def compute_poses(source: str | Path, out: str | Path | None = None, opts: Poses
     if model.is_dir() and any(model.iterdir()) and not opts.overwrite:
         return PosesResult(data, 0, 0, float("nan"), 0, "", 0, status="already there")
     require_pycolmap()
+    created = not data.exists()
     data.mkdir(parents=True, exist_ok=True)
+    try:
+        return _compute(source, data, model, opts)
+    except BaseException:
+        if created and not any(data.iterdir()):  # nothing made: leave no empty folder behind
+            data.rmdir()
+        raise
+
+
+def _compute(source: Path, data: Path, model: Path, opts: PosesOptions) -> PosesResult:
     seconds = {}
     t0 = time.perf_counter()
     names, dropped = gather_images(source, data, opts)

@@ -251,6 +251,12 @@ def _render_overrides(overrides: list[str], ratio: float | None, depth: str | No
     return ratio, depth, extra
 
 
+def _check_ratio(ratio: float | None) -> None:
+    """render and eval take the same --ratio: a scale against the original photos, in (0, 4]."""
+    if ratio is not None and not 0 < ratio <= 4:
+        raise UserError(f"--ratio {ratio}: must be in (0, 4] (a scale against the original photos)")
+
+
 def _load_for_render(run: Path, checkpoint: Optional[Path], device: Optional[str], extra: dict):
     from .render.run import load_run
     from .train.loop import resolve_device
@@ -292,8 +298,7 @@ def render_cmd(
     depth = depth or "median"
     if depth not in ("none", "mean", "median"):
         raise UserError(f"--depth {depth!r}: choose none, mean or median")
-    if ratio is not None and not 0 < ratio <= 4:
-        raise UserError(f"--ratio {ratio}: must be in (0, 4]")
+    _check_ratio(ratio)
     if gpus > 1 and not distributed.launched_by_torchrun():
         argv = ["render", str(run), *(overrides or []), "--path", path, "--frames", str(frames), "--depth", depth,
                 "--fps", str(fps), "--video" if video else "--no-video"]
@@ -333,6 +338,7 @@ def eval_cmd(
 
     if split not in (None, "test", "train"):
         raise UserError(f"--split {split!r}: choose test or train")
+    _check_ratio(ratio)
     loaded = _load_for_render(run, checkpoint, device, {})
     split = split or loaded.cfg.eval.split
     result = evaluate(loaded, split, ratio)

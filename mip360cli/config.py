@@ -453,6 +453,20 @@ def validate(cfg: Config) -> None:
          cfg.model.prop.samples),
         (cfg.render.chunk_rays >= 1, "render.chunk_rays must be >= 1", cfg.render.chunk_rays),
     ]
+    m = cfg.model
+    for key, value in (("model.nerf.width", m.nerf.width), ("model.nerf.depth", m.nerf.depth),
+                       ("model.nerf.bottleneck", m.nerf.bottleneck), ("model.nerf.view_width", m.nerf.view_width),
+                       ("model.prop.width", m.prop.width), ("model.prop.depth", m.prop.depth)):
+        checks.append((value >= 1, f"{key} must be >= 1 (a layer of no units learns nothing)", value))
+    for key, value in (("model.encoding.point_max_freq", m.encoding.point_max_freq),
+                       ("model.encoding.view_max_freq", m.encoding.view_max_freq)):
+        checks.append((value >= 0, f"{key} must be >= 0", value))
+    checks += [
+        (m.dilation_bias >= 0 and m.dilation_multiplier >= 0, "model.dilation_bias and dilation_multiplier must "
+         "be >= 0", (m.dilation_bias, m.dilation_multiplier)),
+        (cfg.train.grad_max_norm >= 0, "train.grad_max_norm must be >= 0 (0 = no clipping)", cfg.train.grad_max_norm),
+        (cfg.train.log_every >= 1, "train.log_every must be >= 1", cfg.train.log_every),
+    ]
     for ok, message, value in checks:
         if not ok:
             raise UserError(f"{message}, got {value!r}")

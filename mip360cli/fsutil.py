@@ -12,12 +12,27 @@ from typing import Iterator
 from .errors import UserError
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (single-threaded): os.umask can only be read by setting it.
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".partial") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = ".partial",
+                disk_full_hint: str = "free some space and run the same command again: finished work is kept"
+                ) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is left as it
-    was, so an interrupted write never leaves a file that looks complete.
+    was, so an interrupted write never leaves a file that looks complete. The
+    file gets the permissions of any file the user creates (the umask), not the
+    private 0600 of a temporary file. A full disk becomes one clear UserError
+    naming the file.
     """
     path = Path(path)
     ensure_writable_dir(path.parent)
@@ -25,12 +40,60 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".partial") -> Iterator[P
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if not isinstance(e, UserError) and is_disk_full(e):
+            raise UserError(f"the disk is full: {path} was not written (nothing half-written was left)",
+                            hint=disk_full_hint) from e
         raise
+
+
+def leftover_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Temporary files :func:`atomic_path` left beside ``path`` when a process was killed mid-write."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*partial*")) if path.parent.is_dir() else []
+
+
+@contextlib.contextmanager
+def process_lock(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` for the block; the OS releases it if the process dies.
+
+    A second mip360 process on the same ``what`` (a run folder, a cache) gets a
+    UserError naming the holder (pid, host, command, since when) instead of
+    mixing its files with the first one's.
+    """
+    import fcntl
+    import json
+    import socket
+    import sys
+    import time
+
+    lock_file = Path(lock_file)
+    ensure_writable_dir(lock_file.parent)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except (ValueError, UnicodeDecodeError):
+                holder = {}
+            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since "
+                   f"{holder.get('since', '?')}: {holder.get('command', '?')}")
+            raise UserError(f"another mip360 process is using {what} ({who})",
+                            hint="wait for it to finish or stop it, or use another folder") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join(["mip360", *sys.argv[1:]])[:300]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

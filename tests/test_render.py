@@ -1,6 +1,7 @@
 """Paths, writers, eval metrics, and render/eval/demo of a tiny trained model."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from mip360cli.cli import main
 from mip360cli.config import CacheConfig, DataConfig, load_config
 from mip360cli.data.cache import build_cache
+from mip360cli.data.images import read_image
 from mip360cli.data.example import make_example, ring_cameras
 from mip360cli.data.cameras import normalize_poses
 from mip360cli.eval.metrics import gaussian_filter, psnr, ssim
@@ -142,10 +144,56 @@ def test_render_path_frames_depth_video_and_resume(trained_run, tmp_path, capsys
     capsys.readouterr()
     before = (out / "rgb" / "00003.png").stat().st_mtime_ns
     (out / "rgb" / "00004.png").unlink()
-    assert main(["render", str(trained_run), "--frames", "6", "--out", str(out), "--no-video"]) == 0
+    assert main(["render", str(trained_run), "--frames", "6", "--out", str(out), "--no-video", "vis_median_depth=true",
+                 "ratio=2.0"]) == 0
     err = capsys.readouterr().err
     assert "5 already there" in err
     assert (out / "rgb" / "00003.png").stat().st_mtime_ns == before and (out / "rgb" / "00004.png").exists()
+
+
+def test_render_never_mixes_frames_of_other_options_or_checkpoints(trained_run, tmp_path, capsys):
+    out = tmp_path / "r"
+    common = ["render", str(trained_run), "--out", str(out), "--no-video", "--depth", "none"]
+    assert main(common + ["--frames", "4"]) == 0
+    first = (out / "rgb" / "00001.png").read_bytes()
+    capsys.readouterr()
+    # another orbit (8 frames): frame 1 is another view, rendered again, not taken from the 4-frame orbit
+    assert main(common + ["--frames", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "were made with another" in err and "already there" not in err
+    assert len(list((out / "rgb").iterdir())) == 8 and (out / "rgb" / "00001.png").read_bytes() != first
+    # another size
+    assert main(common + ["--frames", "8", "--ratio", "0.5"]) == 0
+    assert "size" in capsys.readouterr().err
+    assert read_image(out / "rgb" / "00000.png").shape[:2] == (8, 12)
+    # the same options again: every frame is kept
+    assert main(common + ["--frames", "8", "--ratio", "0.5"]) == 0
+    assert "8 already there" in capsys.readouterr().err
+    # a newer checkpoint: the frames are stale
+    from mip360cli.train import checkpoint as ckpt
+
+    step, last = ckpt.list_checkpoints(trained_run)[-1]
+    newer = last.with_name(f"step_{step + 1:07d}.pt")
+    shutil.copy(last, newer)
+    try:
+        assert main(common + ["--frames", "8", "--ratio", "0.5"]) == 0
+        err = capsys.readouterr().err
+        assert "checkpoint" in err and "already there" not in err
+    finally:
+        newer.unlink()
+
+
+def test_render_fps_must_be_positive_and_ffmpeg_failures_are_errors(trained_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "v"
+    assert main(["render", str(trained_run), "--frames", "2", "--out", str(out), "--fps", "-5"]) == 1
+    assert "--fps -5" in capsys.readouterr().err and not list(out.glob("*.mp4"))
+    import imageio_ffmpeg
+
+    monkeypatch.setattr(imageio_ffmpeg, "count_frames_and_secs", lambda path: (1, 0.1))  # as if cut short
+    assert main(["render", str(trained_run), "--frames", "2", "--out", str(out), "--depth", "none"]) == 1
+    err = capsys.readouterr().err
+    assert "ffmpeg wrote 1 of the 2 frames" in err and not list(out.glob("*.mp4"))
+    assert not list(out.glob(".*partial*"))
 
 
 def test_render_split_over_two_processes(trained_run, tmp_path):

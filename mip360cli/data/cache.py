@@ -50,7 +50,7 @@ import numpy as np
 from .. import __version__
 from ..config import CacheConfig, DataConfig
 from ..errors import UserError
-from ..fsutil import atomic_path, ensure_writable_dir, is_disk_full
+from ..fsutil import atomic_path, ensure_writable_dir, leftover_temp_files, process_lock
 from ..progress import info, progress_bar
 from .cameras import Cameras
 from .images import decode_image, resize_area
@@ -275,7 +275,6 @@ def build_cache(folder: str | Path, data: DataConfig, cache: CacheConfig, out: s
     path = Path(out) if out else default_cache_path(folder, cache)
     if path.exists() and path.is_dir():
         raise UserError(f"cache path {path} is a folder", hint="give a file name ending in .h5 (--out)")
-    adopted = []
     if explicit is not None:
         data, cache, adopted = adopt_cache_options(path, data, cache, explicit)
         if adopted:
@@ -283,33 +282,33 @@ def build_cache(folder: str | Path, data: DataConfig, cache: CacheConfig, out: s
                  "(give them on the command line to change them)")
     scene = load_scene(folder, data)
     ensure_writable_dir(path.parent)
+    with process_lock(path.with_name(f".{path.name}.lock"), f"the ray cache {path}"):
+        for leftover in leftover_temp_files(path):  # of a preprocess that was killed: never complete
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        summary = _build_locked(folder, path, scene, data, cache, force, explicit)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _build_locked(folder: Path, path: Path, scene: Scene, data: DataConfig, cache: CacheConfig, force: bool,
+                  explicit: set[str] | None) -> CacheSummary:
     options = cache_options(data, cache, scene.format)
     reasons, records = check_cache(path, options, input_files(scene, folder), explicit or frozenset())
     summary = dict(path=path, images=len(scene.cameras), train_images=len(scene.train),
                    test_images=len(scene.test), format=scene.format, source=scene.describe(folder),
-                   data=data, cache=cache)
+                   data=data, cache=cache, seconds=0.0)
     if reasons is None and not force:
         with h5py.File(path, "r") as f:
             n_rays = int(f.attrs["n_rays"])
-        return CacheSummary(status="up to date", rays=n_rays, bytes=path.stat().st_size,
-                            seconds=time.perf_counter() - t0, **summary)
+        return CacheSummary(status="up to date", rays=n_rays, bytes=path.stat().st_size, **summary)
     if reasons is None:
         reasons = ["--force"]
     if path.exists():
         info(f"rebuilding {path}: " + "; ".join(reasons))
-    _remove_leftovers(path)
-    try:
-        with atomic_path(path) as tmp:
-            n_rays = _write_cache(tmp, scene, cache, options, records)
-    except UserError:
-        raise
-    except Exception as e:
-        if is_disk_full(e):
-            raise UserError(f"the disk is full while writing {path}; nothing was left behind",
-                            hint="free some space, or write the cache elsewhere with --out") from e
-        raise
-    return CacheSummary(status="built", rays=n_rays, bytes=path.stat().st_size,
-                        seconds=time.perf_counter() - t0, reasons=reasons, **summary)
+    with atomic_path(path, disk_full_hint="free some space, or write the cache elsewhere with --out") as tmp:
+        n_rays = _write_cache(tmp, scene, cache, options, records)
+    return CacheSummary(status="built", rays=n_rays, bytes=path.stat().st_size, reasons=reasons, **summary)
 
 
 def _trim_heap() -> None:
@@ -326,13 +325,6 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _remove_leftovers(path: Path) -> None:
-    """Remove temp files of an earlier preprocess of ``path`` that was killed."""
-    for p in path.parent.glob(f".{path.name}.*.partial"):
-        with contextlib.suppress(OSError):
-            p.unlink()
 
 
 def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
@@ -485,7 +477,8 @@ def _write_cameras(f: h5py.File, scene: Scene) -> None:
     g.create_dataset("source_width", data=scene.source_width)
     g.create_dataset("source_height", data=scene.source_height)
     g.create_dataset("names", data=np.array(cams.names, dtype=object), dtype=h5py.string_dtype())
-    g.create_dataset("image_paths", data=np.array([str(p) for p in cams.image_paths], dtype=object),
+    # absolute: eval reads the photos from another working directory too
+    g.create_dataset("image_paths", data=np.array([str(Path(p).resolve()) for p in cams.image_paths], dtype=object),
                      dtype=h5py.string_dtype())
     f.create_dataset("split/train", data=scene.train)
     f.create_dataset("split/test", data=scene.test)

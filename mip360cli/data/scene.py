@@ -74,6 +74,7 @@ def load_scene(folder: str | Path, data: DataConfig, check_images: bool = True) 
     source = files[0] if files else folder
     # COLMAP lists its frames in images.bin|txt, beside cameras.bin|txt
     frames_file = next((f for f in files if f.stem == "images"), source)
+    check_unique_frames(cams, frames_file)
     cams = drop_missing_images(cams, frames_file, data.missing_images)
     check_intrinsics(cams.K, cams.width, cams.height, cams.names, source)
     check_poses(cams.c2w, cams.names, source)
@@ -96,6 +97,20 @@ def load_scene(folder: str | Path, data: DataConfig, check_images: bool = True) 
         raise UserError(f"{folder}: no training images left ({len(cams)} images, test_every={data.test_every})",
                         hint="use more images, a smaller frame_interval, or test_every=0")
     return Scene(cams, source_w, source_h, transform, train, test, fmt, tuple(files))
+
+
+def check_unique_frames(cams: Cameras, source: Path) -> None:
+    """A frame listed twice (or two frames of one image) would be trained on, and held out, twice."""
+    for label, items in (("name", cams.names), ("image file", [str(Path(p).resolve()) for p in cams.image_paths])):
+        seen, repeated = set(), []
+        for item in items:
+            if item in seen and item not in repeated:
+                repeated.append(item)
+            seen.add(item)
+        if repeated:
+            shown = ", ".join(repeated[:3]) + (f" and {len(repeated) - 3} more" if len(repeated) > 3 else "")
+            raise UserError(f"{source}: {len(repeated)} {label}(s) listed more than once: {shown}",
+                            hint="each image must appear once in the camera file: remove the duplicates")
 
 
 def drop_missing_images(cams: Cameras, source: Path, policy: str) -> Cameras:

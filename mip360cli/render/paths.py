@@ -88,6 +88,15 @@ def interp_path(c2w: np.ndarray, n_frames: int) -> np.ndarray:
     return np.stack(out)
 
 
+def _number(value, path: Path, what: str, kind: type):
+    """``value`` as an int or float, or a UserError naming the file and the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise UserError(f"{path}: {what} must be a number, got {value!r}")
+    if kind is int and float(value) != int(value):
+        raise UserError(f"{path}: {what} must be a whole number, got {value!r}")
+    return kind(value)
+
+
 def load_path_file(path: Path, transform: np.ndarray, default_size: tuple[int, int], default_K: np.ndarray
                    ) -> tuple[np.ndarray, list[np.ndarray], tuple[int, int]]:
     """Read a camera-path JSON file into normalized poses.
@@ -112,22 +121,38 @@ def load_path_file(path: Path, transform: np.ndarray, default_size: tuple[int, i
         raise UserError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
     if not isinstance(meta, dict):
         raise UserError(f"{path}: expected a JSON object with 'frames' (mip360) or 'camera_path' (nerfstudio)")
-    if "camera_path" in meta:  # nerfstudio
-        w, h = int(meta.get("render_width", default_size[0])), int(meta.get("render_height", default_size[1]))
-        frames = [{"c2w": np.asarray(f["camera_to_world"], float).reshape(4, 4), "fov_deg": f.get("fov"),
-                   "gl": True} for f in meta["camera_path"]]
-        space = "input"
-    elif "frames" in meta:
-        w, h = int(meta.get("width", default_size[0])), int(meta.get("height", default_size[1]))
-        frames = [{"c2w": np.asarray(f["c2w"], float), "fov_deg": f.get("fov_deg", meta.get("fov_deg")), "gl": False}
-                  for f in meta["frames"]]
-        space = meta.get("space", "input")
-        if space not in ("input", "normalized"):
-            raise UserError(f"{path}: 'space' must be 'input' or 'normalized', got {space!r}")
-    else:
+    nerfstudio = "camera_path" in meta
+    if not nerfstudio and "frames" not in meta:
         raise UserError(f"{path}: expected 'frames' (mip360) or 'camera_path' (nerfstudio)")
-    if not frames:
+    w = _number(meta.get("render_width" if nerfstudio else "width", default_size[0]), path, "width", int)
+    h = _number(meta.get("render_height" if nerfstudio else "height", default_size[1]), path, "height", int)
+    if w < 1 or h < 1:
+        raise UserError(f"{path}: the image size must be at least 1x1, got {w}x{h}")
+    space = "input" if nerfstudio else meta.get("space", "input")
+    if space not in ("input", "normalized"):
+        raise UserError(f"{path}: 'space' must be 'input' or 'normalized', got {space!r}")
+    listed = meta["camera_path" if nerfstudio else "frames"]
+    if not isinstance(listed, list):
+        raise UserError(f"{path}: '{'camera_path' if nerfstudio else 'frames'}' must be a list of frames")
+    if not listed:
         raise UserError(f"{path}: the path has no frames")
+    frames = []
+    for i, f in enumerate(listed):
+        key = "camera_to_world" if nerfstudio else "c2w"
+        if not isinstance(f, dict) or key not in f:
+            raise UserError(f"{path}: frame {i} must be an object with '{key}'")
+        try:
+            m = np.asarray(f[key], float)
+            m = m.reshape(4, 4) if nerfstudio else m
+        except (ValueError, TypeError):
+            raise UserError(f"{path}: frame {i}: '{key}' must be a matrix of numbers "
+                            f"({'16 values' if nerfstudio else '3x4 or 4x4'})") from None
+        fov = f.get("fov") if nerfstudio else f.get("fov_deg", meta.get("fov_deg"))
+        if fov is not None:
+            fov = _number(fov, path, f"frame {i}'s field of view", float)
+            if not 0 < fov < 180:
+                raise UserError(f"{path}: frame {i}: the field of view must be between 0 and 180 degrees, got {fov}")
+        frames.append({"c2w": m, "fov_deg": fov, "gl": nerfstudio})
     poses, Ks = [], []
     scale = np.linalg.norm(transform[0, :3])
     for i, f in enumerate(frames):
@@ -135,6 +160,11 @@ def load_path_file(path: Path, transform: np.ndarray, default_size: tuple[int, i
         if m.shape not in ((3, 4), (4, 4)) or not np.all(np.isfinite(m)):
             raise UserError(f"{path}: frame {i} needs a finite 3x4 or 4x4 camera-to-world matrix")
         R, t = m[:3, :3], m[:3, 3]
+        err = float(np.abs(R.T @ R - np.eye(3)).max())
+        if err > 1e-3 or abs(np.linalg.det(R) - 1) > 1e-3:
+            raise UserError(f"{path}: frame {i}: the camera-to-world rotation is not a rotation "
+                            f"(|R^T R - I| = {err:.3g}, det = {np.linalg.det(R):.4f})",
+                            hint="poses must be rigid: no scale, shear or mirror in the 3x3 part")
         if f["gl"]:
             R = R @ OPENGL_TO_OPENCV
         if space == "input":

@@ -45,6 +45,7 @@ class LoadedRun:
     cache_path: Path | None
     device: torch.device
     cache_fingerprint: str | None = None
+    checkpoint: Path | None = None
     """The fingerprint of the cache the checkpoint was trained on (its held-out photos are only valid then)."""
 
     @property
@@ -83,7 +84,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torc
     cache = meta.get("cache")
     return LoadedRun(run, cfg, model, int(state["step"]), cameras, np.asarray(meta["transform_input_to_normalized"]),
                      np.asarray(meta["train"], int), np.asarray(meta["test"], int), Path(cache) if cache else None,
-                     device, state.get("cache_fingerprint"))
+                     device, state.get("cache_fingerprint"), Path(checkpoint))
 
 
 def render_image(model: Mip360, K: np.ndarray, c2w: np.ndarray, dist: np.ndarray | None, width: int, height: int,
@@ -146,12 +147,17 @@ def render_path(loaded: LoadedRun, path: str, frames: int, ratio: float | None, 
     whole path) and the videos.
     """
     env = env or distributed.DistEnv()
+    if not fps > 0:
+        raise UserError(f"--fps {fps}: must be > 0")
     views = path_views(loaded, path, frames, ratio)
     name = Path(path).stem if path not in PATHS else path
     out = out or loaded.run / "renders" / name
     chunk = loaded.cfg.render.chunk_rays
+    if env.is_main:
+        _forget_stale_frames(out, render_key(loaded, views, depth), overwrite)
+    distributed.barrier(env)
     mine = list(range(env.rank, len(views), env.world))
-    todo = [i for i in mine if overwrite or not _frame_done(out, views[i].name, depth)]
+    todo = [i for i in mine if not _frame_done(out, views[i].name, depth)]
     if env.is_main:
         info(f"rendering {len(views)} frames of {views[0].width}x{views[0].height} ({path}) into {out}"
              + (f"; {len(mine) - len(todo)} already there" if len(todo) < len(mine) else ""))
@@ -186,6 +192,49 @@ def render_path(loaded: LoadedRun, path: str, frames: int, ratio: float | None, 
             write_video(out / "rgb_depth.mp4", (np.concatenate([a, b], 1) for a, b in zip(rgb(), dep())), fps)
             result["videos"] += [out / "depth.mp4", out / "rgb_depth.mp4"]
     return result
+
+
+MANIFEST = "render.json"
+
+
+def render_key(loaded: LoadedRun, views: list[View], depth: str) -> dict:
+    """What the frames of a render depend on: the cameras, the checkpoint and the depth kind."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for v in views:
+        for a in (v.K, v.c2w, v.dist if v.dist is not None else np.zeros(5), np.array([v.width, v.height])):
+            h.update(np.ascontiguousarray(a, np.float64).tobytes())
+    st = loaded.checkpoint.stat() if loaded.checkpoint is not None and loaded.checkpoint.exists() else None
+    return {"views": h.hexdigest(), "frames": len(views), "size": [views[0].width, views[0].height],
+            "step": loaded.step, "checkpoint": [loaded.checkpoint.name, st.st_size, st.st_mtime_ns] if st else None,
+            "depth": depth}
+
+
+def _forget_stale_frames(out: Path, key: dict, overwrite: bool) -> None:
+    """Delete frames and videos in ``out`` made for other cameras, another checkpoint or depth; record ``key``.
+
+    Frames already written are reused (an interrupted render resumes) only when they
+    were made for exactly this key: never mixed from two orbits, sizes or checkpoints.
+    """
+    manifest = out / MANIFEST
+    old = None
+    if manifest.exists():
+        try:
+            old = json.loads(manifest.read_text())
+        except ValueError:
+            old = {}
+    existing = [p for sub in ("rgb", "depth") if (out / sub).is_dir() for p in (out / sub).iterdir()]
+    existing += [p for p in out.glob("*.mp4")] if out.is_dir() else []
+    if existing and (overwrite or old != key):
+        if not overwrite:
+            what = sorted(k for k in key if (old or {}).get(k) != key[k])
+            info(f"the frames in {out} were made with another " + (", ".join(what) if old else "render")
+                 + ": rendering them again")
+        for p in existing:
+            p.unlink(missing_ok=True)
+    if old != key:
+        atomic_write_text(manifest, json.dumps(key, indent=1) + "\n")
 
 
 def _frame_done(out: Path, name: str, depth: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from ..errors import UserError
 from ..fsutil import atomic_path
 
 
@@ -80,6 +81,11 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> int:
         finally:
             if writer is not None:
                 writer.close()
+        # ffmpeg can fail without an exception reaching us (a bad option, a full disk): check what it wrote
+        written = imageio_ffmpeg.count_frames_and_secs(str(tmp))[0] if count and tmp.stat().st_size else 0
+        if written != count:
+            raise UserError(f"ffmpeg wrote {written} of the {count} frames of {path}",
+                            hint="check the free disk space and the video options (--fps)")
     return count
 
 

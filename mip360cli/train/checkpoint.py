@@ -26,6 +26,15 @@ def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def remove_leftovers(run: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a killed process left; return them."""
+    d = checkpoint_dir(run)
+    found = sorted(d.glob(".step_*partial*")) if d.is_dir() else []
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
 def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
     """Write ``state`` as ``checkpoints/step_NNNNNNN.pt`` atomically; delete all but the last ``keep``."""
     path = checkpoint_dir(run) / f"step_{step:07d}.pt"

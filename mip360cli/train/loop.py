@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ from ..data.cache import OPTION_KEYS, RayCache, build_cache, default_cache_path
 from ..data.cameras import Cameras, cameras_to_tensors, pixel_rays
 from ..errors import UserError
 from ..eval import metrics
-from ..fsutil import atomic_write_text, ensure_writable_dir
+from ..fsutil import atomic_write_text, ensure_writable_dir, process_lock
 from ..model import losses
 from ..model.model import Level, Mip360
 from ..progress import info, progress_bar, warn
@@ -175,10 +176,23 @@ def validate(model: Mip360, cache: RayCache, run: Path, step: int, chunk: int,
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics logged after ``step`` (by the part of a run a resume replays)."""
+    """Drop metrics logged after ``step`` (by the part of a run a resume replays).
+
+    A line that is not a complete JSON record (a crash or a full disk in the middle of
+    a write) is dropped with a warning: it must not make the run unresumable.
+    """
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept, broken = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+            if record is not None and record["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            broken += 1
+    if broken:
+        warn(f"{path}: dropped {broken} incomplete line(s) (an earlier run was stopped while writing)")
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -211,7 +225,11 @@ def train(data: str | Path, run: str | Path, cfg: Config, restart: bool = False,
     elif env.local_world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world))
     try:
-        return _train(data, run, cfg, restart, data_shards, device, env, explicit)
+        with contextlib.ExitStack() as stack:
+            if env.is_main:  # one training per run folder: a second one would mix checkpoints and metrics
+                stack.enter_context(process_lock(run / ".mip360.lock", f"the run folder {run}"))
+                ckpt.remove_leftovers(run)
+            return _train(data, run, cfg, restart, data_shards, device, env, explicit)
     finally:
         distributed.shutdown(env)
 

@@ -23,7 +23,7 @@ def detect_format(folder: Path) -> str:
         raise UserError(f"{folder} is not a folder", hint="give the dataset folder (or a .h5 cache where accepted)")
     found = [name for name, mod in READERS.items() if mod.detect(folder)]
     if not found:
-        if not any(folder.iterdir()):
+        if not any(not p.name.startswith(".") for p in folder.iterdir()):
             raise UserError(f"dataset folder {folder} is empty",
                             hint="try `mip360 example DIR` for a small scene to start from")
         raise UserError(

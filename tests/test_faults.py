@@ -1,0 +1,168 @@
+"""Faults a clumsy or unlucky user meets: two processes, killed writes, full disks, bad values (issue 8)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mip360cli.cli import main
+
+TRAIN_FAST = ["--config", "tiny", "train.max_steps=2", "train.batch_rays=64", "train.val_every=0",
+              "train.checkpoint_every=1"]
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _hold_lock(lock: Path) -> subprocess.Popen:
+    """Another process holding ``lock`` as a running mip360 would."""
+    code = ("import sys, time; from mip360cli.fsutil import process_lock\n"
+            f"with process_lock({str(lock)!r}, 'x'):\n    print('held', flush=True); time.sleep(120)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_two_trainings_on_one_run_folder_are_refused_and_a_killed_one_frees_it(scene_copy, tmp_path, capsys):
+    root = scene_copy("colmap")
+    run_dir = tmp_path / "run"
+    holder = _hold_lock(run_dir / ".mip360.lock")
+    try:
+        code, out, err = run(["train", root, "--run", run_dir, *TRAIN_FAST], capsys)
+        assert code == 1 and "another mip360 process is using the run folder" in err
+        assert f"pid {holder.pid}" in err and not (run_dir / "checkpoints").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # the OS releases the lock of a killed process
+        holder.wait()
+    code, out, err = run(["train", root, "--run", run_dir, *TRAIN_FAST], capsys)
+    assert code == 0, err
+
+
+def test_two_preprocesses_of_one_cache_are_refused(scene_copy, capsys):
+    root = scene_copy("colmap")
+    holder = _hold_lock(root / ".mip360_cache.h5.lock")
+    try:
+        code, out, err = run(["preprocess", root], capsys)
+        assert code == 1 and "another mip360 process is using the ray cache" in err and "internal" not in err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert run(["preprocess", root], capsys)[0] == 0
+
+
+def test_a_partial_metrics_line_does_not_block_a_resume(scene_copy, tmp_path, capsys):
+    root = scene_copy("colmap")
+    run_dir = tmp_path / "run"
+    assert run(["train", root, "--run", run_dir, *TRAIN_FAST, "train.log_every=1"], capsys)[0] == 0
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 0.1')  # a crash or a full disk in the middle of a line
+    code, out, err = run(["train", root, "--run", run_dir, *TRAIN_FAST, "train.log_every=1", "train.max_steps=3"],
+                         capsys)
+    assert code == 0, err
+    assert "dropped 1 incomplete line" in err and "from step 2" in err
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3]
+
+
+def test_temp_files_of_killed_runs_are_removed(scene_copy, tmp_path, capsys):
+    root = scene_copy("colmap")
+    run_dir = tmp_path / "run"
+    assert run(["train", root, "--run", run_dir, *TRAIN_FAST], capsys)[0] == 0
+    leftovers = [root / ".mip360_cache.h5.k1ll3d.partial", root / ".mip360_cache.h5.k1ll3d.partial.runs.partial",
+                 run_dir / "checkpoints" / ".step_0000003.pt.k1ll3d.partial"]
+    for p in leftovers:
+        p.write_bytes(b"half written")
+    # the cache is up to date: nothing is rebuilt, but what killed runs left is cleared
+    code, out, err = run(["train", root, "--run", run_dir, *TRAIN_FAST, "train.max_steps=3"], capsys)
+    assert code == 0, err
+    assert not [p for p in leftovers if p.exists()]
+
+
+def test_files_follow_the_umask_and_image_paths_are_absolute(scene_copy, tmp_path, capsys, monkeypatch):
+    root = scene_copy("colmap")
+    monkeypatch.chdir(root.parent)
+    run_dir = tmp_path / "run"
+    assert run(["train", root.name, "--run", run_dir, *TRAIN_FAST], capsys)[0] == 0  # a relative dataset path
+    mask = os.umask(0)
+    os.umask(mask)
+    want = 0o666 & ~mask
+    for p in (root / "mip360_cache.h5", run_dir / "config.yaml", run_dir / "cameras.json",
+              *(run_dir / "checkpoints").iterdir()):
+        assert stat.S_IMODE(p.stat().st_mode) == want, p  # not the 0600 of a temporary file
+    cams = json.loads((run_dir / "cameras.json").read_text())["cameras"]
+    assert all(Path(c["image_path"]).is_absolute() and Path(c["image_path"]).exists() for c in cams)
+    monkeypatch.chdir(tmp_path)  # eval from elsewhere at another ratio reads the photos themselves
+    assert run(["eval", run_dir, "--ratio", "0.5"], capsys)[0] == 0
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_one_clear_message(scene_copy, tmp_path, capsys, monkeypatch):
+    import torch
+
+    root = scene_copy("colmap")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    code, out, err = run(["train", root, "--run", tmp_path / "run", *TRAIN_FAST], capsys)
+    assert code == 1 and "the disk is full" in err and "step_0000001.pt" in err and "internal" not in err
+    assert not list((tmp_path / "run" / "checkpoints").glob("*"))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "{data}", "--run", "{tmp}/r", "model.nerf.width=0"], "model.nerf.width must be >= 1"),
+    (["train", "{data}", "--run", "{tmp}/r", "model.prop.depth=-1"], "model.prop.depth must be >= 1"),
+    (["eval", "{tmp}/r", "--ratio", "0"], "--ratio 0.0: must be in (0, 4]"),
+])
+def test_values_that_would_silently_change_the_result_are_refused(scene_copy, tmp_path, capsys, argv, needle):
+    data = scene_copy("colmap")
+    argv = [a.format(data=data, tmp=tmp_path) for a in argv]
+    code, out, err = run(argv, capsys)
+    assert code == 1 and needle in err, err
+
+
+def test_duplicate_frames_are_refused(scene_copy, capsys):
+    root = scene_copy("transforms")
+    meta = json.loads((root / "transforms.json").read_text())
+    meta["frames"].append(dict(meta["frames"][3]))
+    (root / "transforms.json").write_text(json.dumps(meta))
+    code, out, err = run(["preprocess", root], capsys)
+    assert code == 1 and "listed more than once: images/003.png" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from mip360cli.data.example import make_example
+
+    root = tmp_path_factory.mktemp("faultrun")
+    make_example(root / "scene", "colmap", 9, 24, 16)
+    assert main(["train", str(root / "scene"), "--run", str(root / "run"), *TRAIN_FAST]) == 0
+    return root / "run"
+
+
+@pytest.mark.parametrize("frame, needle", [
+    ({"c2w": [[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3]]}, "is not a rotation"),
+    ({"c2w": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3]], "fov_deg": 180}, "between 0 and 180 degrees"),
+    ({"c2w": [[1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3]]}, "must be a matrix of numbers"),
+    ({"c2w": [["a", 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3]]}, "must be a matrix of numbers"),
+    ({"c2w": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3]], "fov_deg": "wide"}, "must be a number"),
+    ("frame", "must be an object with 'c2w'"),
+])
+def test_camera_paths_that_would_render_garbage_are_refused(tiny_run, tmp_path, capsys, frame, needle):
+    path = tmp_path / "path.json"
+    path.write_text(json.dumps({"width": 8, "height": 6, "frames": [frame]}))
+    code, out, err = run(["render", tiny_run, "--path", path, "--no-video"], capsys)
+    assert code == 1 and needle in err and "internal" not in err, err

@@ -202,6 +202,7 @@ def train_cmd(
     explicit = explicit_keys(overrides or [])
     run = run or Path("runs") / (data.stem if data.suffix == ".h5" else data.resolve().name)
     if (gpus > 1 or nnodes > 1) and not distributed.launched_by_torchrun():
+        _check_buckets(data, cfg, explicit, gpus * nnodes)
         if restart:  # once, here: an elastic restart of the workers must resume, not start over
             for _, p in ckpt.list_checkpoints(run):
                 p.unlink()
@@ -249,6 +250,18 @@ def _render_overrides(overrides: list[str], ratio: float | None, depth: str | No
         else:
             raise UserError(f"unknown render option '{text}'", hint=RENDER_ALIASES_HELP)
     return ratio, depth, extra
+
+
+def _check_buckets(data: Path, cfg, explicit: set[str], processes: int) -> None:
+    """Before starting processes: a cache with fewer buckets than processes is an error here, in one message,
+    not one per process under torchrun's traceback."""
+    from .data.cache import default_cache_path, stored_counts
+    from .train.batches import too_few_buckets
+
+    path = data if data.suffix == ".h5" else default_cache_path(data, cfg.cache)
+    counts = stored_counts(path) if "cache.bucket_rays" not in explicit or data.suffix == ".h5" else None
+    if counts is not None and counts[1] < processes:
+        raise too_few_buckets(path, counts[1], counts[0], processes)
 
 
 def _check_ratio(ratio: float | None) -> None:

@@ -130,6 +130,17 @@ def stored_options(path: Path) -> dict | None:
         return None
 
 
+def stored_counts(path: Path) -> tuple[int, int] | None:
+    """(rays, buckets) of a complete cache at ``path``, or None."""
+    try:
+        with h5py.File(path, "r") as f:
+            if not f.attrs.get("complete", False):
+                return None
+            return int(f.attrs["n_rays"]), int(f.attrs["n_buckets"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def file_hash(path: Path | None = None, data: bytes | np.ndarray | None = None) -> str:
     """Content hash of a file (or of its bytes, already read)."""
     h = hashlib.blake2b(digest_size=16)

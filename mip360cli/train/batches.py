@@ -8,6 +8,16 @@ from ..data.cache import RayCache
 from ..errors import UserError
 
 
+def too_few_buckets(path, n_buckets: int, n_rays: int, processes: int) -> UserError:
+    """The error for a cache with fewer buckets than processes, with a bucket size that works."""
+    size = max(1024, n_rays // (4 * processes))
+    return UserError(
+        f"the ray cache {path} has {n_buckets} bucket(s), fewer than the {processes} processes that "
+        "each read their own share of them",
+        hint=f"rebuild it with smaller buckets: add cache.bucket_rays={size} to this command (given a dataset "
+             f"folder), or run `mip360 preprocess DATA cache.bucket_rays={size}` first")
+
+
 class RayBatcher:
     """Batches of random rays for one data shard.
 
@@ -24,11 +34,7 @@ class RayBatcher:
 
     def __init__(self, cache: RayCache, shard: int, num_shards: int, batch: int, seed: int):
         if cache.n_buckets < num_shards:
-            raise UserError(
-                f"the ray cache {cache.path} has {cache.n_buckets} bucket(s), fewer than the {num_shards} "
-                "data shards (one per process)",
-                hint="rebuild it with a smaller cache.bucket_rays, e.g. `mip360 preprocess DATA "
-                     f"cache.bucket_rays={max(1024, cache.n_rays // (4 * num_shards))} --force`")
+            raise too_few_buckets(cache.path, cache.n_buckets, cache.n_rays, num_shards)
         self.cache, self.shard, self.num_shards, self.batch, self.seed = cache, shard, num_shards, batch, seed
         self.sizes = np.diff(cache.bucket_offsets)
         self.epoch, self.index, self.offset = 0, 0, 0

@@ -234,21 +234,31 @@ RENDER_ALIASES_HELP = ("Aliases of the earlier port: ratio=R, vis_depth_map=true
 
 def _render_overrides(overrides: list[str], ratio: float | None, depth: str | None) -> tuple[float | None, str | None,
                                                                                              dict]:
-    """The earlier port's render options given as key=value, plus render.* config keys."""
-    from .config import parse_override
+    """The earlier port's render options given as key=value, plus render.* config keys.
 
-    extra = {}
+    ``vis_depth_map=true`` asks for mean depth, ``vis_median_depth=true`` for median
+    depth; either set to false (and neither to true) renders no depth.
+    """
+    from .config import convert_override, parse_override
+
+    extra, flags = {}, {}
     for text in overrides:
         key, value = parse_override(text)
         if key == "data.ratio":
-            ratio = float(value)
+            ratio = convert_override(key, value, "render option")
         elif key in ("vis_depth_map", "vis_median_depth"):
-            if value is True:
-                depth = "mean" if key == "vis_depth_map" else "median"
+            if not isinstance(value, bool):
+                raise UserError(f"render option '{text}': {key} must be true or false")
+            flags[key] = value
         elif key.startswith("render."):
-            extra[key] = value
+            extra[key] = convert_override(key, value, "render option")
+            if key == "render.chunk_rays" and extra[key] < 1:
+                raise UserError(f"render option '{text}': render.chunk_rays must be >= 1")
         else:
             raise UserError(f"unknown render option '{text}'", hint=RENDER_ALIASES_HELP)
+    if depth is None and flags:
+        wanted = [("mean" if k == "vis_depth_map" else "median") for k, v in flags.items() if v]
+        depth = wanted[-1] if wanted else "none"
     return ratio, depth, extra
 
 

@@ -302,10 +302,16 @@ def _build(cls: type, data: dict, where: str, prefix: str = "") -> Any:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist",
                         hint=f"give a YAML file or a preset name ({', '.join(preset_names())})") from None
+    except IsADirectoryError:
+        raise UserError(f"config {path} is a folder, not a YAML file",
+                        hint=f"give a YAML file or a preset name ({', '.join(preset_names())})") from None
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not valid UTF-8 text", hint="a config file is YAML text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -355,6 +361,9 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
+    if not isinstance(base, str) or not base.strip():
+        raise UserError(f"{path}: 'base' must name a YAML file or a preset, got {base!r}",
+                        hint=f"e.g. base: default.yaml (presets: {', '.join(preset_names())})")
     base_path = resolve_config_path(base) if not Path(base).is_absolute() else Path(base)
     if not base_path.is_absolute() and not base_path.exists():
         base_path = path.parent / base
@@ -372,6 +381,19 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key, value
+
+
+def convert_override(key: str, value: Any, where: str = "override") -> Any:
+    """Check one dotted key and its value against the schema: the value converted, or a UserError
+    with "did you mean" for an unknown key and the expected type for a wrong value."""
+    known = dotted_keys()
+    if key not in known:
+        raise UserError(f"{where}: unknown key '{key}'{_suggest(key, known)}")
+    cls: Any = Config
+    *sections, leaf = key.split(".")
+    for name in sections:
+        cls = _field_types(cls)[name]
+    return _convert(value, _field_types(cls)[leaf], key, where)
 
 
 def _set_dotted(tree: dict, key: str, value: Any, where: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -185,3 +186,53 @@ def test_too_few_buckets_for_the_processes_is_one_message_and_its_hint_works(sce
     code, out, err = run(["train", root, "--run", tmp_path / "r", *TRAIN_FAST], capsys)
     assert code == 0 and "rebuilding" not in err
     assert stored_counts(root / "mip360_cache.h5")[1] >= 2
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["render", "{run}", "ratio=abc"], "'data.ratio' must be a number, got 'abc'"),
+    (["render", "{run}", "render.chunk_rays=0"], "render.chunk_rays must be >= 1"),
+    (["render", "{run}", "render.chunk=512"], "did you mean 'render.chunk_rays'"),
+    (["render", "{run}", "vis_depth_map=maybe"], "vis_depth_map must be true or false"),
+    (["eval", "{run}", "--ratio", "0.25"], "SSIM needs images of at least 11x11 pixels"),
+    (["train", "{run}", "--config", "{tmp}"], "is a folder, not a YAML file"),
+])
+def test_malformed_options_name_what_is_wrong(tiny_run, tmp_path, capsys, argv, needle):
+    argv = [a.format(run=tiny_run, tmp=tmp_path) for a in argv]
+    code, out, err = run(argv, capsys)
+    assert code == 1 and needle in err and "internal" not in err, err
+
+
+def test_vis_depth_map_false_renders_no_depth(tiny_run, tmp_path, capsys):
+    out = tmp_path / "nodepth"
+    assert run(["render", tiny_run, "--frames", "2", "--out", out, "--no-video", "vis_depth_map=false"], capsys)[0] == 0
+    assert (out / "rgb").is_dir() and not (out / "depth").exists()
+
+
+def test_a_run_without_cameras_json_is_a_clear_error(tiny_run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    (copy / "cameras.json").unlink()
+    code, out, err = run(["render", copy], capsys)
+    assert code == 1 and "has no cameras.json" in err and "internal" not in err
+
+
+def test_damaged_inputs_name_the_file_and_line(scene_copy, capsys):
+    root = scene_copy("colmap")
+    from mip360cli.data.formats import colmap, read_cameras
+
+    _, cams, _ = read_cameras(root)
+    colmap.write(root, cams, binary=False)
+    for name in ("cameras.bin", "images.bin", "points3D.bin"):
+        (root / "sparse" / "0" / name).unlink()
+    txt = root / "sparse" / "0" / "images.txt"
+    lines = txt.read_text().splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln and not ln.startswith("#"))
+    lines[first] = "x" + lines[first][1:]
+    txt.write_text("\n".join(lines) + "\n")
+    code, out, err = run(["preprocess", root], capsys)
+    assert code == 1 and f"images.txt:{first + 1}: IMAGE_ID must be a whole number" in err
+    # a zero-byte image
+    root2 = scene_copy("llff")
+    (root2 / "images" / "002.png").write_bytes(b"")
+    code, out, err = run(["preprocess", root2], capsys)
+    assert code == 1 and "002.png is empty (0 bytes)" in err and "internal" not in err

@@ -87,8 +87,13 @@ def test_max_dilate_equals_bruteforce():
 
 
 def test_dilation_numbers_of_the_paper():
-    assert 0.0025 + 0.5 / 64 == pytest.approx(0.0103125)
-    assert 0.0025 + 0.5 / (64 * 64) == pytest.approx(0.0026221, abs=1e-7)
+    from mip360cli.config import Config
+    from mip360cli.model.model import Mip360, dilations
+
+    cfg = Config()
+    model = Mip360.from_config(cfg.model, cfg.data)  # the schedule the model uses, from the paper's config
+    got = dilations(model.samples, cfg.model.dilation_bias, cfg.model.dilation_multiplier)
+    assert got == pytest.approx([0.0103125, 0.0026221], abs=1e-7)
 
 
 def test_anneal():

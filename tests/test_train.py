@@ -230,7 +230,7 @@ def test_bad_training_options(cache, tmp_path, capsys):
     with pytest.raises(UserError, match="does not split evenly over 2"):
         train(cache, tmp_path / "y", cfg("train.batch_rays=33", "train.max_steps=1"), data_shards=2)
     with RayCache(cache) as c:
-        with pytest.raises(UserError, match="fewer than the 64 data shards"):
+        with pytest.raises(UserError, match="fewer than the 64 processes"):
             RayBatcher(c, 0, 64, 8, 0)
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 
 def psnr(img: np.ndarray, gt: np.ndarray) -> float:
     """``-10 log10(MSE)`` of images in [0, 1] (any shape)."""
@@ -32,6 +34,9 @@ def ssim(img: np.ndarray, gt: np.ndarray, max_val: float = 1.0, size: int = 11, 
     """
     a = torch.as_tensor(np.asarray(img, np.float64))
     b = torch.as_tensor(np.asarray(gt, np.float64))
+    if min(a.shape[0], a.shape[1]) < size:
+        raise UserError(f"SSIM needs images of at least {size}x{size} pixels (its window); these are "
+                        f"{a.shape[1]}x{a.shape[0]}", hint="evaluate at a larger --ratio")
     if a.ndim == 2:
         a, b = a[..., None], b[..., None]
     a, b = a.permute(2, 0, 1)[:, None], b.permute(2, 0, 1)[:, None]  # (C, 1, H, W)

@@ -27,6 +27,22 @@ class Level:
     rgb: torch.Tensor | None = None
 
 
+def dilations(samples: list[int], bias: float, multiplier: float) -> list[float]:
+    """Max-dilation applied before each level after the first (ALGORITHM.md 3).
+
+    ``bias + multiplier / prod(samples of the levels before)``.
+
+    Example:
+        >>> [round(d, 7) for d in dilations([64, 64, 32], 0.0025, 0.5)]
+        [0.0103125, 0.0026221]
+    """
+    out, prod = [], 1
+    for n in samples[:-1]:
+        prod *= n
+        out.append(bias + multiplier / prod)
+    return out
+
+
 class Mip360(nn.Module):
     """Three-level sampler: proposal, proposal (one shared MLP), NeRF.
 
@@ -72,13 +88,11 @@ class Mip360(nn.Module):
         s = torch.tensor([0.0, 1.0], device=origins.device).expand(n_rays, 2)
         w = torch.ones(n_rays, 1, device=origins.device)
         levels: list[Level] = []
-        prod_samples = 1
+        dilation = dilations(self.samples, cfg.dilation_bias, cfg.dilation_multiplier)
         for i, n in enumerate(self.samples):
             if i > 0:
-                dilation = cfg.dilation_bias + cfg.dilation_multiplier / prod_samples
-                s, w = stepfun.max_dilate_weights(s, w, dilation, domain=(0.0, 1.0), renormalize=True)
+                s, w = stepfun.max_dilate_weights(s, w, dilation[i - 1], domain=(0.0, 1.0), renormalize=True)
                 s, w = s[..., 1:-1], w[..., 1:-1]
-            prod_samples *= n
             logits = stepfun.anneal_weights(s, w, train_frac, cfg.anneal_slope)
             s = stepfun.sample_intervals(s, logits, n, None if jitter is None else jitter[:, i:i + 1],
                                          domain=(0.0, 1.0)).detach()

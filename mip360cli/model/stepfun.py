@@ -84,7 +84,7 @@ def sample_intervals(t: torch.Tensor, w_logits: torch.Tensor, n: int, jitter: to
 
     Example:
         >>> t = torch.tensor([0.0, 1.0])
-        >>> sample_intervals(t, torch.zeros(1), 4).tolist()
+        >>> [round(x, 6) for x in sample_intervals(t, torch.zeros(1), 4).tolist()]
         [0.0, 0.25, 0.5, 0.75, 1.0]
     """
     if n <= 1:

@@ -76,7 +76,15 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torc
     model.to(device).eval()
     if device.type == "cuda":
         model.mlp_dtype = torch.bfloat16
-    meta = json.loads((run / "cameras.json").read_text())
+    try:
+        meta = json.loads((run / "cameras.json").read_text())
+    except FileNotFoundError:
+        raise UserError(f"{run} has no cameras.json (the run's cameras and split)",
+                        hint=f"it is written when training starts: run `mip360 train DATA --run {run}` again "
+                             "(it resumes), or copy the whole run folder") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{run / 'cameras.json'} is damaged ({e})",
+                        hint=f"run `mip360 train DATA --run {run}` again to rewrite it (it resumes)") from None
     cams = meta["cameras"]
     cameras = Cameras.create([c["K"] for c in cams], [c["c2w"] for c in cams], [c["width"] for c in cams],
                              [c["height"] for c in cams], [c.get("image_path", "") for c in cams],

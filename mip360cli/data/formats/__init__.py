@@ -6,7 +6,10 @@ conversions to the OpenCV convention happen in these modules only.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
+
+import cv2
 
 from ...errors import UserError
 from ..cameras import Cameras
@@ -58,10 +61,23 @@ def read_cameras(folder: Path, fmt: str = "auto", ratio: float = 1.0, easymocap_
     elif not READERS[fmt].detect(folder):
         raise UserError(f"{folder} does not hold {fmt} data", hint="drop --format to detect the format")
     mod = READERS[fmt]
-    if fmt in ("llff", "colmap"):
-        cams = mod.read(folder, ratio=ratio)
-    elif fmt == "easymocap":
-        cams = mod.read(folder, frame=easymocap_frame)
-    else:
-        cams = mod.read(folder)
-    return fmt, cams, mod.input_files(folder)
+    files = mod.input_files(folder)
+    try:
+        if fmt in ("llff", "colmap"):
+            cams = mod.read(folder, ratio=ratio)
+        elif fmt == "easymocap":
+            cams = mod.read(folder, frame=easymocap_frame)
+        else:
+            cams = mod.read(folder)
+    except UserError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, struct.error,
+            cv2.error) as e:
+        # The readers name the file, line and field for the damage they know; anything else a damaged
+        # file can cause still reaches the user as one message naming the file.
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise UserError(f"{', '.join(str(f) for f in files) or folder}: cannot read the {fmt} cameras "
+                        f"({type(e).__name__}: {detail})",
+                        hint="the file is damaged or not in the format it claims: re-export it from the tool "
+                             "that made it") from e
+    return fmt, cams, files

@@ -129,7 +129,11 @@ class _Reader:
         end = self.data.find(b"\0", self.pos)
         if end < 0:
             raise UserError(f"{self.path}: file ends inside an image name (truncated)")
-        s = self.data[self.pos:end].decode("utf-8")
+        try:
+            s = self.data[self.pos:end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{self.path}: the image name at byte {self.pos} is not valid UTF-8 text",
+                            hint="the file is damaged: re-export the COLMAP model") from None
         self.pos = end + 1
         return s
 
@@ -166,8 +170,20 @@ def _read_images_bin(path: Path) -> list[dict]:
 
 def _data_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, text) of every line that is not a comment."""
-    return [(i + 1, line.rstrip("\n")) for i, line in enumerate(path.read_text().splitlines())
-            if not line.startswith("#")]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not valid UTF-8 text", hint="the file is damaged: re-export the "
+                                                                    "COLMAP model") from None
+    return [(i + 1, line.rstrip("\n")) for i, line in enumerate(text.splitlines()) if not line.startswith("#")]
+
+
+def _int(path: Path, lineno: int, text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{path}:{lineno}: {what} must be a whole number, got {text!r}") from None
 
 
 def _floats(path: Path, lineno: int, fields: list[str]) -> list[float]:
@@ -192,7 +208,7 @@ def _read_cameras_txt(path: Path) -> dict:
         if len(f) != 4 + nparams:
             raise UserError(f"{path}:{lineno}: model {model} needs {nparams} parameters, got {len(f) - 4}")
         w, h = _floats(path, lineno, f[2:4])
-        cams[int(f[0])] = (model, int(w), int(h), np.array(_floats(path, lineno, f[4:])))
+        cams[_int(path, lineno, f[0], "CAMERA_ID")] = (model, int(w), int(h), np.array(_floats(path, lineno, f[4:])))
     return cams
 
 
@@ -222,7 +238,8 @@ def _read_images_txt(path: Path) -> list[dict]:
         if len(f) < 10:
             raise UserError(f"{path}:{lineno}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME'")
         vals = _floats(path, lineno, f[1:8])
-        images.append(dict(id=int(f[0]), qvec=vals[:4], tvec=vals[4:7], camera_id=int(f[8]), name=f[9]))
+        images.append(dict(id=_int(path, lineno, f[0], "IMAGE_ID"), qvec=vals[:4], tvec=vals[4:7],
+                           camera_id=_int(path, lineno, f[8], "CAMERA_ID"), name=f[9]))
     return images
 
 

@@ -34,7 +34,7 @@ def _open(path: Path) -> cv2.FileStorage:
         raise UserError(f"{path} does not exist", hint="EasyMocap data needs intri.yml and extri.yml")
     try:
         fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
-    except cv2.error as e:
+    except (cv2.error, SystemError) as e:  # SystemError: OpenCV's parser fails on some binary garbage
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else "parse error"
         raise UserError(f"{path}: malformed OpenCV YAML: {msg}",
                         hint="the file must start with '%YAML:1.0' and hold OpenCV matrices") from None

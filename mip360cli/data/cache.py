@@ -317,9 +317,36 @@ def _build_locked(folder: Path, path: Path, scene: Scene, data: DataConfig, cach
         reasons = ["--force"]
     if path.exists():
         info(f"rebuilding {path}: " + "; ".join(reasons))
+    check_free_space(path, scene, cache)
     with atomic_path(path, disk_full_hint="free some space, or write the cache elsewhere with --out") as tmp:
         n_rays = _write_cache(tmp, scene, cache, options, records)
     return CacheSummary(status="built", rays=n_rays, bytes=path.stat().st_size, reasons=reasons, **summary)
+
+
+def check_free_space(path: Path, scene: Scene, cache: CacheConfig) -> None:
+    """Refuse to start a cache the disk cannot hold.
+
+    Checked before writing, because HDF5 does not always fail cleanly when the disk
+    fills during a write (a real full disk crashed h5py). Counts the rays (5 bytes
+    each), the held-out images (3 bytes a pixel, before compression) and, when the
+    shuffle spills, its temporary runs (id and color of every ray), which exist
+    beside the cache until it is complete.
+    """
+    import shutil
+
+    cams = scene.cameras
+    n_rays = int(cams.pixels[scene.train].sum())
+    id_bytes = 4 if n_rays < 2**32 else 8
+    spills = n_rays > cache.memory_mb * 2**20 // _BUFFER_BYTES_PER_RAY
+    need = 5 * n_rays + 3 * int(cams.pixels[scene.test].sum()) + (n_rays * (id_bytes + 3) if spills else 0)
+    need = int(need * 1.02) + (1 << 20)  # HDF5's own structures
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        raise UserError(f"the ray cache {path} needs about {need / 2**20:,.1f} MiB (rays, held-out images"
+                        + (", the shuffle's temporary runs" if spills else "")
+                        + f") but {path.parent} has {free / 2**20:,.1f} MiB free",
+                        hint="free some space, write the cache elsewhere with --out, or make it smaller "
+                             "(--ratio, cache.compression=lzf)")
 
 
 def _trim_heap() -> None:

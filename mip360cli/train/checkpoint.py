@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import re
 from pathlib import Path
 
@@ -38,8 +40,15 @@ def remove_leftovers(run: Path) -> list[Path]:
 def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
     """Write ``state`` as ``checkpoints/step_NNNNNNN.pt`` atomically; delete all but the last ``keep``."""
     path = checkpoint_dir(run) / f"step_{step:07d}.pt"
+    # Serialized in memory first: torch.save's own writer turns a full disk into "unexpected pos", while a
+    # plain write raises ENOSPC, which atomic_path reports as one clear message.
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
     for _, old in list_checkpoints(run)[:-keep]:
         old.unlink(missing_ok=True)
     return path

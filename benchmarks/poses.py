@@ -19,22 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
+from mip360cli.data.cameras import pose_errors
 from mip360cli.data.example import make_example
 from mip360cli.data.formats import read_cameras
 from mip360cli.data.poses import PosesOptions, compute_poses
-
-
-def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Umeyama: (s, R, t) minimising |s R src + t - dst|^2 over points (n, 3)."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    U, S, Vt = np.linalg.svd(b.T @ a / len(src))
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    R = U @ D @ Vt
-    s = float((S * np.diag(D)).sum() / ((a ** 2).sum() / len(src)))
-    return s, R, mu_d - s * R @ mu_s
 
 
 def main() -> None:
@@ -58,11 +46,7 @@ def main() -> None:
             _, est, _ = read_cameras(root / "data")
             _, true, _ = read_cameras(root / "scene")
             true = true.select([true.names.index(name) for name in est.names])
-            s, R, t_ = similarity(est.c2w[:, :, 3], true.c2w[:, :, 3])
-            radius = np.linalg.norm(true.c2w[:, :, 3] - true.c2w[:, :, 3].mean(0), axis=1).mean()
-            pos = np.linalg.norm(s * est.c2w[:, :, 3] @ R.T + t_ - true.c2w[:, :, 3], axis=1) / radius
-            cos = [(np.trace((R @ e[:, :3]).T @ g[:, :3]) - 1) / 2 for e, g in zip(est.c2w, true.c2w)]
-            rot = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+            rot, pos = pose_errors(est, true)
             stages = ", ".join(f"{k} {v:.1f} s" for k, v in r.seconds.items())
             print(f"N={n}: {sum(r.seconds.values()):.1f} s ({stages}); registered {r.registered}/{r.images} "
                   f"({r.registered / r.images:.0%}); reprojection {r.reprojection_error:.3f} px; "

@@ -10,6 +10,18 @@ import pytest
 from mip360cli.data.example import make_example
 
 N_IMAGES, WIDTH, HEIGHT = 16, 32, 24
+# A training of two tiny steps, a checkpoint each: for tests of the command line, not of the model.
+TRAIN_FAST = ["--config", "tiny", "train.max_steps=2", "train.batch_rays=64", "train.val_every=0",
+              "train.checkpoint_every=1"]
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """``mip360 ARGV`` in this process: (exit code, stdout, stderr)."""
+    from mip360cli.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.fixture(scope="session")

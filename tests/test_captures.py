@@ -6,28 +6,21 @@ import json
 import os
 import shutil
 import struct
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from mip360cli.cli import main
-from mip360cli.config import DataConfig
+from conftest import TRAIN_FAST, run_cli
 from mip360cli.data.cache import RayCache
 from mip360cli.data.example import make_example
 from mip360cli.data.formats import colmap, llff, read_cameras
 from mip360cli.data.images import image_size, read_image
 from mip360cli.errors import UserError
 
-TRAIN_FAST = ["--config", "tiny", "train.max_steps=2", "train.batch_rays=64", "train.val_every=0",
-              "train.checkpoint_every=1"]
 
 
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 # ----------------------------------------------------------------------------- the user's cache is the cache

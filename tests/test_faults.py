@@ -10,22 +10,16 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from conftest import TRAIN_FAST, run_cli
 from mip360cli.cli import main
 
-TRAIN_FAST = ["--config", "tiny", "train.max_steps=2", "train.batch_rays=64", "train.val_every=0",
-              "train.checkpoint_every=1"]
 
 
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def _hold_lock(lock: Path) -> subprocess.Popen:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mip360cli.cli import main
-from mip360cli.data.cameras import Cameras
+from mip360cli.data.cameras import pose_errors, similarity_alignment
 from mip360cli.data.example import make_example
 from mip360cli.data.formats import read_cameras
 from mip360cli.data.images import read_image
@@ -34,27 +34,6 @@ def textured(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("textured") / "scene"
     make_example(root, "colmap", N, W, H, texture=True)
     return root
-
-
-def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Umeyama: (s, R, t) minimising |s R src + t - dst|^2 over points (n, 3)."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    U, S, Vt = np.linalg.svd(b.T @ a / len(src))
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    R = U @ D @ Vt
-    s = float((S * np.diag(D)).sum() / ((a ** 2).sum() / len(src)))
-    return s, R, mu_d - s * R @ mu_s
-
-
-def pose_errors(est: Cameras, true: Cameras) -> tuple[np.ndarray, np.ndarray]:
-    """After the best similarity: rotation errors (degrees) and position errors relative to the rig's radius."""
-    s, R, t = similarity(est.c2w[:, :, 3], true.c2w[:, :, 3])
-    aligned = (s * est.c2w[:, :, 3] @ R.T) + t
-    radius = np.linalg.norm(true.c2w[:, :, 3] - true.c2w[:, :, 3].mean(0), axis=1).mean()
-    rel = np.linalg.norm(aligned - true.c2w[:, :, 3], axis=1) / radius
-    cos = [(np.trace((R @ e[:, :3]).T @ g[:, :3]) - 1) / 2 for e, g in zip(est.c2w, true.c2w)]
-    return np.degrees(np.arccos(np.clip(cos, -1, 1))), rel
 
 
 def test_poses_from_photos_match_the_true_ones_and_train_as_well(textured, tmp_path, capsys):
@@ -182,3 +161,12 @@ def test_without_pycolmap_the_command_says_how_to_install_it(tmp_path, capsys, m
         cv2.imwrite(str(tmp_path / "p" / f"{i}.png"), np.zeros((8, 8, 3), np.uint8))
     code, out, err = run(["poses", tmp_path / "p"], capsys)
     assert code == 1 and "needs pycolmap" in err and 'pip install "mip360cli[poses]"' in err
+
+
+def test_similarity_alignment_recovers_a_known_similarity():
+    rng = np.random.default_rng(3)
+    pts = rng.normal(size=(10, 3))
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    R = q * np.sign(np.linalg.det(q))
+    s, R2, t = similarity_alignment(pts, 2.5 * pts @ R.T + [1.0, -2.0, 0.5])
+    assert s == pytest.approx(2.5) and np.allclose(R2, R) and np.allclose(t, [1.0, -2.0, 0.5])

@@ -225,6 +225,40 @@ def transform_poses(transform: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     return out
 
 
+def similarity_alignment(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """The similarity (s, R, t) minimising ``|s R src + t - dst|^2`` over points (Umeyama, 1991).
+
+    Used to compare poses recovered up to scale and orientation (``mip360 poses``) with known ones.
+
+    Args:
+        src, dst: (N, 3) corresponding points, N >= 3 not collinear.
+    Returns:
+        scale s, (3, 3) rotation R (det +1), (3,) translation t.
+    """
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    U, S, Vt = np.linalg.svd(b.T @ a / len(src))
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    R = U @ D @ Vt
+    s = float((S * np.diag(D)).sum() / ((a ** 2).sum() / len(src)))
+    return s, R, mu_d - s * R @ mu_s
+
+
+def pose_errors(est: Cameras, true: Cameras) -> tuple[np.ndarray, np.ndarray]:
+    """Errors of ``est`` against ``true`` after the best similarity of the camera centers.
+
+    Returns:
+        (N,) rotation errors in degrees; (N,) position errors relative to the mean
+        distance of the true cameras from their centroid.
+    """
+    s, R, t = similarity_alignment(est.c2w[:, :, 3], true.c2w[:, :, 3])
+    aligned = s * est.c2w[:, :, 3] @ R.T + t
+    radius = np.linalg.norm(true.c2w[:, :, 3] - true.c2w[:, :, 3].mean(0), axis=1).mean()
+    rel = np.linalg.norm(aligned - true.c2w[:, :, 3], axis=1) / radius
+    cos = [(np.trace((R @ e[:, :3]).T @ g[:, :3]) - 1) / 2 for e, g in zip(est.c2w, true.c2w)]
+    return np.degrees(np.arccos(np.clip(cos, -1, 1))), rel
+
+
 def split_indices(n: int, test_every: int) -> tuple[np.ndarray, np.ndarray]:
     """Train and test indices: test = every ``test_every``-th image (index % k == 0).
 

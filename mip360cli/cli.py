@@ -265,13 +265,13 @@ def _render_overrides(overrides: list[str], ratio: float | None, depth: str | No
 def _check_buckets(data: Path, cfg, explicit: set[str], processes: int) -> None:
     """Before starting processes: a cache with fewer buckets than processes is an error here, in one message,
     not one per process under torchrun's traceback."""
-    from .data.cache import default_cache_path, stored_counts
+    from .data.cache import default_cache_path, stored_info
     from .train.batches import too_few_buckets
 
     path = data if data.suffix == ".h5" else default_cache_path(data, cfg.cache)
-    counts = stored_counts(path) if "cache.bucket_rays" not in explicit or data.suffix == ".h5" else None
-    if counts is not None and counts[1] < processes:
-        raise too_few_buckets(path, counts[1], counts[0], processes)
+    found = stored_info(path) if "cache.bucket_rays" not in explicit or data.suffix == ".h5" else None
+    if found is not None and found["n_buckets"] < processes:
+        raise too_few_buckets(path, found["n_buckets"], found["n_rays"], processes)
 
 
 def _check_ratio(ratio: float | None) -> None:

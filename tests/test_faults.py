@@ -166,7 +166,7 @@ def test_camera_paths_that_would_render_garbage_are_refused(tiny_run, tmp_path, 
 def test_too_few_buckets_for_the_processes_is_one_message_and_its_hint_works(scene_copy, tmp_path, capsys):
     import re
 
-    from mip360cli.data.cache import stored_counts
+    from mip360cli.data.cache import stored_info
 
     root = scene_copy("colmap")
     assert run(["preprocess", root], capsys)[0] == 0  # 1M-ray buckets: the whole scene is one bucket
@@ -175,11 +175,11 @@ def test_too_few_buckets_for_the_processes_is_one_message_and_its_hint_works(sce
     assert "Traceback" not in err and "torch.distributed" not in err  # stopped before any process started
     size = re.search(r"mip360 preprocess DATA cache.bucket_rays=(\d+)", err).group(1)
     assert run(["preprocess", root, f"cache.bucket_rays={size}"], capsys)[0] == 0
-    assert stored_counts(root / "mip360_cache.h5")[1] >= 2
+    assert stored_info(root / "mip360_cache.h5")["n_buckets"] >= 2
     # training keeps the buckets preprocess made (the tiny preset's own bucket_rays does not rebuild it)
     code, out, err = run(["train", root, "--run", tmp_path / "r", *TRAIN_FAST], capsys)
     assert code == 0 and "rebuilding" not in err
-    assert stored_counts(root / "mip360_cache.h5")[1] >= 2
+    assert stored_info(root / "mip360_cache.h5")["n_buckets"] >= 2
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -102,9 +102,10 @@ def adopt_cache_options(path: Path, data: DataConfig, cache: CacheConfig, explic
         the data and cache sections with the cache's options, and ``key value`` lines of
         what was taken (empty when there is no readable cache or nothing differed).
     """
-    stored = stored_options(path)
-    if stored is None:
+    found = stored_info(path)
+    if found is None:
         return data, cache, []
+    stored = found["options"]
     sections = {"data": dataclasses.replace(data), "cache": dataclasses.replace(cache)}
     adopted = []
     for name, key in OPTION_KEYS.items():
@@ -119,25 +120,16 @@ def adopt_cache_options(path: Path, data: DataConfig, cache: CacheConfig, explic
     return sections["data"], sections["cache"], adopted
 
 
-def stored_options(path: Path) -> dict | None:
-    """The options of a complete cache at ``path``, or None when there is none or it cannot be read."""
+def stored_info(path: Path) -> dict | None:
+    """``options`` (dict), ``n_rays`` and ``n_buckets`` of a complete cache at ``path``; None when there is
+    none or it cannot be read."""
     try:
         with h5py.File(path, "r") as f:
             if not f.attrs.get("complete", False) or "options" not in f.attrs:
                 return None
-            return json.loads(f.attrs["options"])
+            return {"options": json.loads(f.attrs["options"]), "n_rays": int(f.attrs["n_rays"]),
+                    "n_buckets": int(f.attrs["n_buckets"])}
     except (OSError, ValueError, KeyError):
-        return None
-
-
-def stored_counts(path: Path) -> tuple[int, int] | None:
-    """(rays, buckets) of a complete cache at ``path``, or None."""
-    try:
-        with h5py.File(path, "r") as f:
-            if not f.attrs.get("complete", False):
-                return None
-            return int(f.attrs["n_rays"]), int(f.attrs["n_buckets"])
-    except (OSError, KeyError, ValueError):
         return None
 
 

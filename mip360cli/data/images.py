@@ -95,6 +95,12 @@ def _jpeg_info(f) -> tuple[tuple[int, int] | None, int]:
         f.seek(length - 2, 1)
 
 
+def file_orientation(path: Path) -> int:
+    """The EXIF orientation (1-8) of a JPEG file; 1 for other formats or when absent."""
+    with open(path, "rb") as f:
+        return _jpeg_info(f)[1] if f.read(2) == b"\xff\xd8" else 1
+
+
 def exif_orientation(app1: bytes) -> int:
     """The orientation tag (1-8) of a JPEG APP1 segment's payload; 1 if absent or malformed."""
     if app1[:6] != b"Exif\0\0" or len(app1) < 14:

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..progress import info, progress_bar, warn
-from .images import IMAGE_EXTENSIONS, _jpeg_info, list_images, read_image
+from .images import IMAGE_EXTENSIONS, file_orientation, list_images, read_image
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mts", ".3gp")
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")  # what mip360 reads
@@ -165,13 +165,6 @@ def video_frames(video: Path, fps: float) -> tuple[Iterator[np.ndarray], int]:
     return frames(), expected
 
 
-def _orientation(path: Path) -> int:
-    if path.suffix.lower() not in (".jpg", ".jpeg"):
-        return 1
-    with open(path, "rb") as f:
-        return _jpeg_info(f)[1] if f.read(2) == b"\xff\xd8" else 1
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -192,7 +185,7 @@ def gather_images(source: Path, data: Path, opts: PosesOptions) -> tuple[list[st
         files = list_images(images)  # in place
         if not files:
             raise UserError(f"{images} holds no images", hint=f"image files end in {', '.join(IMAGE_EXTENSIONS)}")
-        turned = [p.name for p in files if _orientation(p) != 1]
+        turned = [p.name for p in files if file_orientation(p) != 1]
         if turned:
             raise UserError(f"{len(turned)} photos in {images} are stored turned (EXIF orientation), e.g. "
                             f"{', '.join(turned[:3])}; COLMAP would see them sideways",
@@ -280,7 +273,7 @@ def _write_photos(folder: Path, out: Path) -> tuple[list[str], list[float]]:
     with progress_bar("reading photos", len(files), "photos") as bar:
         for p in files:
             rgb = read_image(p)
-            if _orientation(p) != 1:  # COLMAP reads the stored pixels: give it the upright photo
+            if file_orientation(p) != 1:  # COLMAP reads the stored pixels: give it the upright photo
                 name = p.stem + ".png"
                 cv2.imwrite(str(out / name), rgb[:, :, ::-1])
             else:

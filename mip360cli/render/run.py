@@ -45,8 +45,8 @@ class LoadedRun:
     cache_path: Path | None
     device: torch.device
     cache_fingerprint: str | None = None
-    checkpoint: Path | None = None
     """The fingerprint of the cache the checkpoint was trained on (its held-out photos are only valid then)."""
+    checkpoint: Path | None = None
 
     @property
     def scale(self) -> float:
@@ -281,15 +281,13 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
     idx = loaded.test if split == "test" else loaded.train
     rows = []
     use_cache = split == "test" and loaded.cache_path is not None and loaded.cache_path.exists()
-    if use_cache:
-        with RayCache(loaded.cache_path) as c:
-            same = str(c.file.attrs.get("fingerprint")) == loaded.cache_fingerprint
-        if not same:  # rebuilt since (another split, ratio or images): its held-out photos are other views
-            info(f"{loaded.cache_path} was rebuilt after this checkpoint was trained; scoring against the "
-                 "original photos instead of its held-out images")
-            use_cache = False
     with contextlib.ExitStack() as stack, progress_bar("evaluating", len(views), "views") as bar:
         cache = stack.enter_context(RayCache(loaded.cache_path)) if use_cache else None  # opened once
+        if cache is not None and str(cache.file.attrs.get("fingerprint")) != loaded.cache_fingerprint:
+            # rebuilt since (another split, ratio or images): its held-out photos are other views
+            info(f"{loaded.cache_path} was rebuilt after this checkpoint was trained; scoring against the "
+                 "original photos instead of its held-out images")
+            cache = None
         for k, (v, i) in enumerate(zip(views, idx)):
             img = render_image(loaded.model, v.K, v.c2w, v.dist, v.width, v.height, loaded.cfg.render.chunk_rays,
                                loaded.device)

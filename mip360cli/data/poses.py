@@ -197,10 +197,10 @@ def gather_images(source: Path, data: Path, opts: PosesOptions) -> tuple[list[st
     marker = images / FRAMES_MARKER
     wanted = _source_record(source, opts)
     if images.is_dir() and any(images.iterdir()):
-        if marker.exists() and json.loads(marker.read_text()).get("source") == wanted:
-            names = json.loads(marker.read_text())["names"]
-            info(f"the images of {source.name} are already in {images} ({len(names)} kept)")
-            return names, int(json.loads(marker.read_text())["dropped"])
+        done = json.loads(marker.read_text()) if marker.exists() else {}
+        if done.get("source") == wanted:  # a finished step of an earlier run with the same source and options
+            info(f"the images of {source.name} are already in {images} ({len(done['names'])} kept)")
+            return done["names"], int(done["dropped"])
         raise UserError(f"{images} already holds other images",
                         hint="give another output folder (--out), or remove that folder")
     tmp = data / ".images.partial"
@@ -247,8 +247,6 @@ def _scores(files: list[Path], keep: float) -> list[float]:
 
 
 def _write_video_frames(video: Path, out: Path, fps: float) -> tuple[list[str], list[float]]:
-    if fps <= 0:
-        raise UserError(f"--fps {fps}: must be > 0")
     frames, expected = video_frames(video, fps)
     names, scores = [], []
     with progress_bar("extracting frames", expected, "frames") as bar:

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -149,4 +148,11 @@ def test_a_real_full_disk_is_one_clear_message_and_leaves_nothing(scene, tmp_pat
     r = mip360("train", data, "--run", small_disk / "run", *TRAIN)
     assert r.returncode == 1 and "the disk is full" in r.stderr and "step_" in r.stderr, r.stderr
     assert "internal" not in r.stderr and not no_temp_files(small_disk)
-    time.sleep(0.1)
+    # a render onto a disk with a few KiB left: the first frame does not fit
+    assert mip360("train", data, "--run", tmp_path / "run", *TRAIN, "train.max_steps=1").returncode == 0
+    shutil.rmtree(small_disk / "run")
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 4096))
+    r = mip360("render", tmp_path / "run", "--frames", "2", "--out", small_disk / "frames", "--device", "cpu")
+    assert r.returncode == 1 and "the disk is full" in r.stderr and "internal" not in r.stderr, r.stderr
+    assert not no_temp_files(small_disk)

@@ -230,3 +230,10 @@ def test_damaged_inputs_name_the_file_and_line(scene_copy, capsys):
     (root2 / "images" / "002.png").write_bytes(b"")
     code, out, err = run(["preprocess", root2], capsys)
     assert code == 1 and "002.png is empty (0 bytes)" in err and "internal" not in err
+
+
+def test_bf16_on_the_cpu_is_said_to_be_ignored(scene_copy, tmp_path, capsys):
+    root = scene_copy("colmap")
+    code, out, err = run(["train", root, "--run", tmp_path / "r", *TRAIN_FAST, "train.precision=bf16",
+                          "--device", "cpu"], capsys)
+    assert code == 0 and "train.precision=bf16 is ignored on the CPU" in err

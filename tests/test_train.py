@@ -257,3 +257,26 @@ def test_gradient_clipping_acts_on_the_step(cache, tmp_path):
     # Adam's first step is lr * g / (|g| + eps): about lr per weight unclipped, about lr * 1e-6 clipped to 1e-12
     assert clipped < 1e-3 * free, (clipped, free)
     assert movement(0.05) == pytest.approx(free, rel=0.2)  # the tiny preset's clip rarely binds on step one
+
+
+def test_a_compiled_run_resumes_uncompiled_and_renders(cache, tmp_path):
+    """train.compile=true on the CPU (inductor with gcc): checkpoints hold the plain modules' keys."""
+    from mip360cli.cli import main
+
+    run = tmp_path / "compiled"
+    train(cache, run, cfg("train.max_steps=2", "train.compile=true", "train.checkpoint_every=1"))
+    state = ckpt.load_checkpoint(ckpt.list_checkpoints(run)[-1][1])["model"]
+    assert not [k for k in state if "_orig_mod" in k] and set(state) == set(params_of_init(cache))
+    summary = train(cache, run, cfg("train.max_steps=3", "train.checkpoint_every=1"))  # compile switched off
+    assert summary.resumed_from == 2 and summary.step == 3
+    summary = train(cache, run, cfg("train.max_steps=4", "train.compile=true", "train.checkpoint_every=1"))
+    assert summary.resumed_from == 3  # and on again
+    assert main(["render", str(run), "--frames", "1", "--no-video", "--device", "cpu"]) == 0
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    # a checkpoint written by the earlier version, with the compile wrappers' keys, still loads
+    step, last = ckpt.list_checkpoints(run)[-1]
+    old = ckpt.load_checkpoint(last)
+    old["model"] = {k.replace("proposal.", "proposal._orig_mod.").replace("nerf.", "nerf._orig_mod."): v
+                    for k, v in old["model"].items()}
+    torch.save(old, last)
+    assert main(["eval", str(run), "--device", "cpu"]) == 0

@@ -27,6 +27,20 @@ class Level:
     rgb: torch.Tensor | None = None
 
 
+COMPILE_PREFIX = "_orig_mod."  # what torch.compile's wrapper adds to the keys of a compiled submodule
+
+
+def plain_state_dict(model: torch.nn.Module) -> dict:
+    """``model.state_dict()`` with the keys of the plain modules, whether or not parts are compiled."""
+    return {k.replace(COMPILE_PREFIX, ""): v for k, v in model.state_dict().items()}
+
+
+def load_plain_state(model: torch.nn.Module, state: dict) -> None:
+    """Load a state dict saved compiled or not into ``model``, compiled or not (strict)."""
+    target = {k.replace(COMPILE_PREFIX, ""): k for k in model.state_dict()}
+    model.load_state_dict({target.get(k.replace(COMPILE_PREFIX, ""), k): v for k, v in state.items()})
+
+
 def dilations(samples: list[int], bias: float, multiplier: float) -> list[float]:
     """Max-dilation applied before each level after the first (ALGORITHM.md 3).
 

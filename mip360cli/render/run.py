@@ -20,7 +20,7 @@ from ..data.images import read_image, resize_area
 from ..errors import UserError
 from ..eval import metrics
 from ..fsutil import atomic_write_text
-from ..model.model import Mip360, render_rays
+from ..model.model import Mip360, load_plain_state, render_rays
 from ..progress import info, progress_bar
 from ..train import checkpoint as ckpt
 from ..train import distributed
@@ -69,7 +69,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torc
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = Mip360.from_config(cfg.model, cfg.data)
     try:
-        model.load_state_dict(state["model"])
+        load_plain_state(model, state["model"])  # runs trained with train.compile=true too
     except RuntimeError as e:
         raise UserError(f"checkpoint {checkpoint} does not fit the model of {run / 'config.yaml'}: "
                         f"{str(e).splitlines()[0]}") from None

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..eval import metrics
 from ..fsutil import atomic_write_text, ensure_writable_dir, process_lock
 from ..model import losses
-from ..model.model import Level, Mip360
+from ..model.model import Level, Mip360, load_plain_state, plain_state_dict
 from ..progress import info, progress_bar, warn
 from ..render.run import render_image
 from ..render.writers import depth_range, depth_to_color, to_uint8, write_png
@@ -250,6 +250,8 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
 
     torch.manual_seed(tc.seed)
     model = Mip360.from_config(cfg.model, cfg.data).to(device)
+    if device.type == "cpu" and tc.precision == "bf16" and env.is_main:
+        warn("train.precision=bf16 is ignored on the CPU: the MLPs run in fp32 there (bf16 is for CUDA)")
     if device.type == "cuda" and tc.precision in ("auto", "bf16"):
         model.mlp_dtype = torch.bfloat16
     if tc.compile:
@@ -283,7 +285,7 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
                             hint="start over with --restart, use another --run, or undo the change")
         if harmless:
             info(f"resuming with changed options: {', '.join(harmless)}")
-        model.load_state_dict(state["model"])
+        load_plain_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         start_step, nonfinite_total = int(state["step"]), int(state.get("nonfinite_total", 0))
@@ -309,7 +311,7 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
     def save(step: int) -> None:
         if env.is_main:
             ckpt.save_checkpoint(run, step, {
-                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "model": plain_state_dict(model), "optimizer": optimizer.state_dict(),
                 "rng": {"torch": torch.get_rng_state()}, "config": resolved, "config_hash": config_hash(cfg),
                 "cache_fingerprint": fingerprint, "nonfinite_total": nonfinite_total,
                 "reader": [b.position() for b in batchers] if not env.enabled else batchers[0].position(),

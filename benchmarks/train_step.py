@@ -21,16 +21,20 @@ import torch
 
 from mip360cli.config import load_config
 from mip360cli.model.model import Mip360
+from mip360cli.model.shapes import unaligned_gemms
 from mip360cli.train.loop import compute_losses
 
 
 def mlp_flops_per_ray(model: Mip360) -> float:
-    """Matmul FLOPs of forward + backward (3x forward) per ray, both MLPs, every level."""
-    def linear_macs(module: torch.nn.Module) -> int:
-        return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, torch.nn.Linear))
+    """Matmul FLOPs of forward + backward (3x forward) per ray, both MLPs, every level (padding included:
+    the GPU multiplies it too). The view branch's direction part runs once per ray, the rest per sample."""
+    def linear_macs(module: torch.nn.Module, skip: tuple = ()) -> int:
+        return sum(m.in_features * m.out_features for m in module.modules()
+                   if isinstance(m, torch.nn.Linear) and m not in skip)
 
+    per_ray = tuple(m for m in (getattr(model.nerf, "view_d", None),) if m is not None)  # absent in older layouts
     prop = linear_macs(model.proposal) * sum(model.samples[:-1])
-    nerf = linear_macs(model.nerf) * model.samples[-1]
+    nerf = linear_macs(model.nerf, per_ray) * model.samples[-1] + sum(linear_macs(m) for m in per_ray)
     return 2 * 3 * (prop + nerf)
 
 
@@ -91,6 +95,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
         opt.step()
 
+    gemms, odd = unaligned_gemms(step)  # one step, counted by shape (the target is 0 odd ones)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t_step = time_it(step, device, args.warmup, steps)
@@ -118,6 +123,8 @@ def main() -> None:
     print(f"MLP FLOP/s        {achieved / 1e12:.3f} TFLOP/s in the step")
     print(f"matmul FLOP/s     {mm_rate / 1e12:.3f} TFLOP/s ({m}x{width} @ {width}x{width}, {dtype})")
     print(f"fraction          {achieved / mm_rate:.1%} of the matmul rate")
+    print(f"GEMMs per step    {gemms}, {len(odd)} with a dimension not a multiple of 16"
+          + (f" (e.g. {sorted(set(odd))[:4]})" if odd else ""))
     if peak is not None:
         print(f"peak GPU memory   {peak:.2f} GiB for {rays} rays")
 

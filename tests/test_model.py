@@ -64,17 +64,103 @@ def test_losses_reach_only_the_right_networks(tiny):
 def test_paper_sizes():
     cfg = Config().model
     enc = PointEncoding(cfg.encoding)
-    assert enc.dim == 75
+    assert (enc.true_dim, enc.dim) == (75, 80)
     nerf = NerfMLP(cfg.encoding, cfg.nerf)
-    shapes = [tuple(layer.weight.shape) for layer in nerf.trunk.layers]
-    assert shapes == [(1024, 75)] + [(1024, 1024)] * 4 + [(1024, 1024 + 75)] + [(1024, 1024)] * 2
-    assert tuple(nerf.bottleneck.weight.shape) == (256, 1024)
-    assert tuple(nerf.view.weight.shape) == (128, 256 + 27) and tuple(nerf.rgb.weight.shape) == (3, 128)
-    assert all((layer.bias == 0).all() for layer in nerf.trunk.layers)
+    layers = nerf.trunk.layers
+    shapes = [tuple(layer.weight.shape) for i, layer in enumerate(layers) if i != cfg.nerf.skip + 1]
+    assert shapes == [(1024, 80)] + [(1024, 1024)] * 6
+    skip = layers[cfg.nerf.skip + 1]
+    assert tuple(skip.h.weight.shape) == (1024, 1024) and tuple(skip.x.weight.shape) == (1024, 80)
+    assert tuple(nerf.head.weight.shape) == (256 + 16, 1024)
+    assert tuple(nerf.view_b.weight.shape) == (128, 256) and tuple(nerf.view_d.weight.shape) == (128, 32)
+    assert tuple(nerf.rgb.weight.shape) == (16, 128)
+    # padding inputs and unused outputs have zero weights; the init uses the true fan-in
+    assert (layers[0].weight[:, 75:] == 0).all() and (skip.x.weight[:, 75:] == 0).all()
+    assert (nerf.head.weight[257:] == 0).all() and (nerf.rgb.weight[3:] == 0).all()
+    assert float(layers[0].weight.abs().max()) <= (6 / 75) ** 0.5
+    assert float(skip.h.weight.abs().max()) <= (6 / 1099) ** 0.5 < float(layers[1].weight.abs().max())
+    assert all((layer.bias == 0).all() for i, layer in enumerate(layers) if i != cfg.nerf.skip + 1)
     ico = load_config(None, ["model.encoding.basis=icosahedron"]).model.encoding
-    assert PointEncoding(ico).dim == 504
+    assert (PointEncoding(ico).true_dim, PointEncoding(ico).dim) == (504, 512)
     x = torch.rand(4, 3)
-    assert PointEncoding(ico)(x).shape == (4, 504)
+    assert PointEncoding(ico)(x).shape == (4, 512) and (PointEncoding(ico)(x)[:, 504:] == 0).all()
+
+
+def _old_layout_state(cfg, seed: int = 0) -> dict:
+    """Random weights in the earlier, unpadded layout (concatenated skip and view inputs, one-output heads)."""
+    g = torch.Generator().manual_seed(seed)
+    enc = 3 + 6 * cfg.encoding.point_max_freq
+    view = 3 + 6 * cfg.encoding.view_max_freq
+    p, n = cfg.prop, cfg.nerf
+    shapes = {f"proposal.trunk.layers.{i}": (p.width, enc if i == 0 else p.width) for i in range(p.depth)}
+    shapes["proposal.density"] = (1, p.width)
+    for i in range(n.depth):
+        shapes[f"nerf.trunk.layers.{i}"] = (n.width, enc if i == 0 else n.width + (enc if i == n.skip + 1 else 0))
+    shapes.update({"nerf.density": (1, n.width), "nerf.bottleneck": (n.bottleneck, n.width),
+                   "nerf.view": (n.view_width, n.bottleneck + view), "nerf.rgb": (3, n.view_width)})
+    state = {}
+    for name, (o, i) in shapes.items():
+        state[f"{name}.weight"] = torch.randn(o, i, generator=g) / i ** 0.5
+        state[f"{name}.bias"] = torch.randn(o, generator=g) * 0.1
+    return state
+
+
+def _old_forward(state: dict, cfg, x: torch.Tensor, viewdirs: torch.Tensor):
+    """The earlier layout's functions, written out: proposal density, NeRF density and color."""
+    from mip360cli.model.fields import pos_enc
+
+    def lin(name, h):
+        return h @ state[f"{name}.weight"].T + state[f"{name}.bias"]
+
+    enc = pos_enc(x, cfg.encoding.point_max_freq)
+    h = enc
+    for i in range(cfg.prop.depth):
+        h = torch.relu(lin(f"proposal.trunk.layers.{i}", h))
+    prop = density_activation(lin("proposal.density", h)[..., 0])
+    h = enc
+    for i in range(cfg.nerf.depth):
+        if i == cfg.nerf.skip + 1:
+            h = torch.cat([h, enc], -1)
+        h = torch.relu(lin(f"nerf.trunk.layers.{i}", h))
+    density = density_activation(lin("nerf.density", h)[..., 0])
+    view = pos_enc(viewdirs, cfg.encoding.view_max_freq)[:, None, :].expand(*h.shape[:-1], -1)
+    h = torch.relu(lin("nerf.view", torch.cat([lin("nerf.bottleneck", h), view], -1)))
+    return prop, density, color_activation(lin("nerf.rgb", h))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default"])
+def test_aligned_layers_are_the_old_function_from_the_same_weights(preset):
+    from mip360cli.model.model import load_plain_state
+
+    cfg = load_config(preset)
+    model = Mip360.from_config(cfg.model, cfg.data)
+    old = _old_layout_state(cfg.model)
+    load_plain_state(model, old)  # an old checkpoint's weights, converted
+    x = torch.rand(5, 8, 3) * 4 - 2
+    vd = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
+    prop, density, rgb = _old_forward(old, cfg.model, x, vd)
+    torch.testing.assert_close(model.proposal(x), prop, rtol=1e-5, atol=1e-5)
+    new_density, new_rgb = model.nerf(x, vd)
+    torch.testing.assert_close(new_density, density, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(new_rgb, rgb, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset, rays", [("tiny", 64), ("default", 16)])
+def test_no_gemm_of_a_training_step_has_an_odd_size(preset, rays):
+    """Every matrix multiplied in a step (forward and backward) has dimensions that are multiples of 16."""
+    from mip360cli.model.shapes import unaligned_gemms
+
+    cfg = load_config(preset)
+    model = Mip360.from_config(cfg.model, cfg.data)
+    o = torch.zeros(rays, 3)
+    d = torch.nn.functional.normalize(torch.randn(rays, 3), dim=-1)
+
+    def step():
+        levels = model(o, d, d, train_frac=0.5, jitter=torch.rand(rays, model.n_levels()))
+        compute_losses(levels, torch.rand(rays, 3), cfg)["loss"].backward()
+
+    total, odd = unaligned_gemms(step)
+    assert total > 0 and odd == [], odd
 
 
 def test_activations():

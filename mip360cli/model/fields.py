@@ -55,8 +55,23 @@ def icosahedron_basis(tessellation: int = 2) -> np.ndarray:
     return np.array(unique)
 
 
+# Every matrix the MLPs multiply has dimensions that are multiples of this, so that GPUs take their fast
+# tensor-core kernels (Hopper falls back to slow ones for odd sizes such as 75, 1099 or 283): encodings are
+# padded with zero features, heads with unused outputs. Initialization uses the true fan-in, so the model is
+# the same function with the same init distribution as without padding (ALGORITHM.md 4).
+ALIGN = 16
+
+
+def padded(n: int, multiple: int = ALIGN) -> int:
+    """``n`` rounded up to a multiple of ``multiple``."""
+    return -(-n // multiple) * multiple
+
+
 class PointEncoding(nn.Module):
-    """Encoding of contracted points: xyz (PE + identity, 75 features) or icosahedron (504)."""
+    """Encoding of contracted points: xyz (PE + identity, 75 features) or icosahedron (504).
+
+    ``true_dim`` features, zero-padded to ``dim`` (a multiple of 16: 80, 512).
+    """
 
     def __init__(self, cfg: EncodingConfig):
         super().__init__()
@@ -64,22 +79,40 @@ class PointEncoding(nn.Module):
         self.basis_name = cfg.basis
         if cfg.basis == "icosahedron":
             self.register_buffer("basis", torch.tensor(icosahedron_basis(), dtype=torch.float32).T, persistent=False)
-            self.dim = self.basis.shape[1] * 2 * self.n_freqs
+            self.true_dim = self.basis.shape[1] * 2 * self.n_freqs
         else:
             self.basis = None
-            self.dim = 3 + 3 * 2 * self.n_freqs
+            self.true_dim = 3 + 3 * 2 * self.n_freqs
+        self.dim = padded(self.true_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., 3) contracted points -> (..., dim)."""
-        if self.basis is not None:
-            return pos_enc(x @ self.basis, self.n_freqs, append_identity=False)
-        return pos_enc(x, self.n_freqs)
+        """(..., 3) contracted points -> (..., dim), the last ``dim - true_dim`` features zero."""
+        enc = pos_enc(x @ self.basis, self.n_freqs, append_identity=False) if self.basis is not None \
+            else pos_enc(x, self.n_freqs)
+        return F.pad(enc, (0, self.dim - self.true_dim))
 
 
-def _linear(i: int, o: int) -> nn.Linear:
-    layer = nn.Linear(i, o)
-    nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")  # He uniform
-    nn.init.zeros_(layer.bias)
+def view_encoding(viewdirs: torch.Tensor, n_freqs: int) -> torch.Tensor:
+    """(..., 3) unit directions -> (..., padded(27)) PE plus identity, zero-padded."""
+    enc = pos_enc(viewdirs, n_freqs)
+    return F.pad(enc, (0, padded(enc.shape[-1]) - enc.shape[-1]))
+
+
+def _linear(i: int, o: int, fan_in: int | None = None, used_in: int | None = None, used_out: int | None = None,
+            bias: bool = True) -> nn.Linear:
+    """He-uniform linear layer (``sqrt(6 / fan_in)``), zero bias.
+
+    ``fan_in``: the true fan-in when the layer is one part of a split layer or its
+    input is padded; weights of padding inputs (columns ``used_in:``) and of unused
+    outputs (rows ``used_out:``) are zero.
+    """
+    layer = nn.Linear(i, o, bias=bias)
+    bound = math.sqrt(6.0 / (fan_in or used_in or i))
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight[:used_out, :used_in].uniform_(-bound, bound)
+        if bias:
+            layer.bias.zero_()
     return layer
 
 
@@ -93,26 +126,47 @@ def color_activation(raw: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(raw) * 1.002 - 0.001
 
 
-class Trunk(nn.Module):
-    """ReLU MLP of ``depth`` layers of ``width``; the input is concatenated after layer ``skip``."""
+class SkipLinear(nn.Module):
+    """The layer after the skip: ``h @ W_h + x @ W_x + b`` instead of a layer on ``concat(h, x)``.
 
-    def __init__(self, in_dim: int, width: int, depth: int, skip: int | None = None):
+    The same function as one layer of ``width + true_in`` inputs (its weight split in two),
+    without the concatenation's copy or its odd width.
+    """
+
+    def __init__(self, width: int, in_dim: int, true_in: int):
         super().__init__()
+        fan_in = width + true_in
+        self.h = _linear(width, width, fan_in=fan_in)
+        self.x = _linear(in_dim, width, fan_in=fan_in, used_in=true_in, bias=False)
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.h(h) + self.x(x)
+
+
+class Trunk(nn.Module):
+    """ReLU MLP of ``depth`` layers of ``width``; the input joins again after layer ``skip``.
+
+    ``in_dim``: the (padded) input width; ``true_in``: its real features, for the init.
+    """
+
+    def __init__(self, in_dim: int, width: int, depth: int, skip: int | None = None, true_in: int | None = None):
+        super().__init__()
+        true_in = true_in or in_dim
         self.skip = skip
-        layers = []
+        layers: list[nn.Module] = []
         for i in range(depth):
-            d_in = in_dim if i == 0 else width
-            if skip is not None and i == skip + 1:
-                d_in += in_dim
-            layers.append(_linear(d_in, width))
+            if i == 0:
+                layers.append(_linear(in_dim, width, used_in=true_in))
+            elif skip is not None and i == skip + 1:
+                layers.append(SkipLinear(width, in_dim, true_in))
+            else:
+                layers.append(_linear(width, width))
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
-        for i, layer in enumerate(self.layers):
-            if self.skip is not None and i == self.skip + 1:
-                h = torch.cat([h, x], dim=-1)
-            h = F.relu(layer(h))
+        for layer in self.layers:
+            h = F.relu(layer(h, x) if isinstance(layer, SkipLinear) else layer(h))
         return h
 
 
@@ -122,8 +176,8 @@ class ProposalMLP(nn.Module):
     def __init__(self, enc: EncodingConfig, cfg: ProposalConfig):
         super().__init__()
         self.encoding = PointEncoding(enc)
-        self.trunk = Trunk(self.encoding.dim, cfg.width, cfg.depth)
-        self.density = _linear(cfg.width, 1)
+        self.trunk = Trunk(self.encoding.dim, cfg.width, cfg.depth, true_in=self.encoding.true_dim)
+        self.density = _linear(cfg.width, ALIGN, used_out=1)  # output 0; the others are padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., 3) contracted points -> (...) density."""
@@ -131,23 +185,68 @@ class ProposalMLP(nn.Module):
 
 
 class NerfMLP(nn.Module):
-    """The NeRF MLP: density and view-dependent color."""
+    """The NeRF MLP: density and view-dependent color.
+
+    ``head`` computes the 256-wide bottleneck and the density in one matmul
+    (density = output ``bottleneck``); the view branch's direction part is
+    computed once per ray and broadcast over the ray's samples.
+    """
 
     def __init__(self, enc: EncodingConfig, cfg: NerfConfig):
         super().__init__()
         self.encoding = PointEncoding(enc)
         self.view_freqs = enc.view_max_freq
-        view_dim = 3 + 3 * 2 * self.view_freqs
-        self.trunk = Trunk(self.encoding.dim, cfg.width, cfg.depth, cfg.skip)
-        self.density = _linear(cfg.width, 1)
-        self.bottleneck = _linear(cfg.width, cfg.bottleneck)
-        self.view = _linear(cfg.bottleneck + view_dim, cfg.view_width)
-        self.rgb = _linear(cfg.view_width, 3)
+        self.bottleneck_width = cfg.bottleneck
+        true_view = 3 + 3 * 2 * self.view_freqs
+        self.trunk = Trunk(self.encoding.dim, cfg.width, cfg.depth, cfg.skip, true_in=self.encoding.true_dim)
+        self.head = _linear(cfg.width, cfg.bottleneck + ALIGN, used_out=cfg.bottleneck + 1)
+        fan_in = cfg.bottleneck + true_view
+        self.view_b = _linear(cfg.bottleneck, cfg.view_width, fan_in=fan_in)
+        self.view_d = _linear(padded(true_view), cfg.view_width, fan_in=fan_in, used_in=true_view, bias=False)
+        self.rgb = _linear(cfg.view_width, ALIGN, used_out=3)
 
     def forward(self, x: torch.Tensor, viewdirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (R, n, 3) contracted points, viewdirs (R, 3) -> density (R, n), rgb (R, n, 3)."""
-        h = self.trunk(self.encoding(x))
-        density = density_activation(self.density(h)[..., 0])
-        view = pos_enc(viewdirs, self.view_freqs)[:, None, :].expand(*h.shape[:-1], -1)
-        h = F.relu(self.view(torch.cat([self.bottleneck(h), view.to(h.dtype)], dim=-1)))
-        return density, color_activation(self.rgb(h))
+        out = self.head(self.trunk(self.encoding(x)))
+        b = self.bottleneck_width
+        density = density_activation(out[..., b])
+        per_ray = self.view_d(view_encoding(viewdirs, self.view_freqs).to(out.dtype))  # (R, view_width)
+        h = F.relu(self.view_b(out[..., :b]) + per_ray[:, None, :])
+        return density, color_activation(self.rgb(h)[..., :3])
+
+
+def convert_unaligned_state(state: dict, skip: int) -> dict:
+    """A state dict of the earlier, unpadded layout (concatenated skip and view inputs, one-output heads,
+    separate bottleneck and density layers) in this layout; the same function.
+
+    Args:
+        state: keys of the plain modules (``proposal.trunk.layers.0.weight``, ``nerf.view.weight``, ...).
+        skip: ``model.nerf.skip`` of the run.
+    """
+    if "nerf.view.weight" not in state:
+        return state
+    out = dict(state)
+
+    def pad_cols(w: torch.Tensor) -> torch.Tensor:
+        return F.pad(w, (0, padded(w.shape[1]) - w.shape[1]))
+
+    def pad_rows(w: torch.Tensor, rows: int) -> torch.Tensor:
+        return F.pad(w, (0, 0, 0, rows - w.shape[0])) if w.ndim == 2 else F.pad(w, (0, rows - w.shape[0]))
+
+    for mlp in ("proposal", "nerf"):
+        out[f"{mlp}.trunk.layers.0.weight"] = pad_cols(state[f"{mlp}.trunk.layers.0.weight"])
+    width = state["nerf.trunk.layers.0.weight"].shape[0]
+    s = f"nerf.trunk.layers.{skip + 1}"
+    w = out.pop(f"{s}.weight")
+    out[f"{s}.h.weight"], out[f"{s}.x.weight"] = w[:, :width], pad_cols(w[:, width:])
+    out[f"{s}.h.bias"] = out.pop(f"{s}.bias")
+    for key in ("weight", "bias"):
+        out[f"proposal.density.{key}"] = pad_rows(state[f"proposal.density.{key}"], ALIGN)
+        bottleneck, dens = out.pop(f"nerf.bottleneck.{key}"), out.pop(f"nerf.density.{key}")
+        out[f"nerf.head.{key}"] = pad_rows(torch.cat([bottleneck, dens]), bottleneck.shape[0] + ALIGN)
+        out[f"nerf.rgb.{key}"] = pad_rows(state[f"nerf.rgb.{key}"], ALIGN)
+    b = state["nerf.bottleneck.weight"].shape[0]
+    view = out.pop("nerf.view.weight")
+    out["nerf.view_b.weight"], out["nerf.view_d.weight"] = view[:, :b], pad_cols(view[:, b:])
+    out["nerf.view_b.bias"] = out.pop("nerf.view.bias")
+    return out

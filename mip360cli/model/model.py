@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import DataConfig, ModelConfig
 from . import coord, render, stepfun
-from .fields import NerfMLP, ProposalMLP
+from .fields import NerfMLP, ProposalMLP, convert_unaligned_state
 
 
 @dataclass
@@ -35,10 +35,12 @@ def plain_state_dict(model: torch.nn.Module) -> dict:
     return {k.replace(COMPILE_PREFIX, ""): v for k, v in model.state_dict().items()}
 
 
-def load_plain_state(model: torch.nn.Module, state: dict) -> None:
-    """Load a state dict saved compiled or not into ``model``, compiled or not (strict)."""
+def load_plain_state(model: "Mip360", state: dict) -> None:
+    """Load a state dict saved compiled or not, in this layout or the earlier unpadded one, into ``model``,
+    compiled or not (strict)."""
+    state = convert_unaligned_state({k.replace(COMPILE_PREFIX, ""): v for k, v in state.items()}, model.cfg.nerf.skip)
     target = {k.replace(COMPILE_PREFIX, ""): k for k in model.state_dict()}
-    model.load_state_dict({target.get(k.replace(COMPILE_PREFIX, ""), k): v for k, v in state.items()})
+    model.load_state_dict({target.get(k, k): v for k, v in state.items()})
 
 
 def dilations(samples: list[int], bias: float, multiplier: float) -> list[float]:

@@ -280,3 +280,19 @@ def test_a_compiled_run_resumes_uncompiled_and_renders(cache, tmp_path):
                     for k, v in old["model"].items()}
     torch.save(old, last)
     assert main(["eval", str(run), "--device", "cpu"]) == 0
+
+
+def test_a_checkpoint_of_the_earlier_layer_layout_is_refused_for_resume_but_evaluates(cache, tmp_path):
+    from test_model import _old_layout_state
+
+    from mip360cli.cli import main
+
+    run = tmp_path / "old"
+    train(cache, run, cfg("train.max_steps=1"))
+    step, last = ckpt.list_checkpoints(run)[-1]
+    state = ckpt.load_checkpoint(last)
+    state["model"] = _old_layout_state(load_config("tiny").model)  # as the earlier version wrote it
+    torch.save(state, last)
+    with pytest.raises(UserError, match="written by an earlier mip360 whose layers had other shapes"):
+        train(cache, run, cfg("train.max_steps=2"))
+    assert main(["eval", str(run), "--device", "cpu"]) == 0

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..eval import metrics
 from ..fsutil import atomic_write_text, ensure_writable_dir, process_lock
 from ..model import losses
-from ..model.model import Level, Mip360, load_plain_state, plain_state_dict
+from ..model.model import COMPILE_PREFIX, Level, Mip360, load_plain_state, plain_state_dict
 from ..progress import info, progress_bar, warn
 from ..render.run import render_image
 from ..render.writers import depth_range, depth_to_color, to_uint8, write_png
@@ -276,6 +276,12 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
     elif existing:
         step0, path = existing[-1]
         state = ckpt.load_checkpoint(path)
+        if any(k.replace(COMPILE_PREFIX, "") == "nerf.view.weight" for k in state["model"]):
+            # The earlier, unpadded layer layout: its weights convert (render and eval read it), its Adam
+            # moments do not.
+            raise UserError(f"cannot resume {run}: {path.name} was written by an earlier mip360 whose layers "
+                            "had other shapes; it renders and evaluates, but training cannot continue from it",
+                            hint="start over with --restart (or use another --run)")
         breaking, harmless = ckpt.config_changes(state["config"], resolved)
         if state.get("cache_fingerprint") != fingerprint:
             breaking.append("the ray cache (its images, cameras or options)")

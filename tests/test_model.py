@@ -167,3 +167,17 @@ def test_activations():
     torch.testing.assert_close(density_activation(torch.tensor([1.0])), torch.log(torch.tensor([2.0])))
     assert color_activation(torch.tensor([-100.0])).item() == pytest.approx(-0.001)
     assert color_activation(torch.tensor([100.0])).item() == pytest.approx(1.001)
+
+
+def test_heads_run_in_fp32_under_bf16_autocast():
+    """sigmoid * 1.002 - 0.001 in bf16 cannot reach 1.001 (1.002 rounds to 1.0); in fp32 it does."""
+    cfg = load_config("tiny")
+    model = Mip360.from_config(cfg.model, cfg.data)
+    with torch.no_grad():
+        model.nerf.rgb.bias[:3] = 50.0  # saturate the colors
+    model.mlp_dtype = torch.bfloat16  # autocast (CPU autocast runs bf16 too)
+    o, d, vd = _rays(16)
+    levels = model(o, d, vd)
+    rgb = levels[-1].rgb
+    assert rgb.dtype == torch.float32 and levels[-1].weights.dtype == torch.float32
+    assert float(rgb.max()) == pytest.approx(1.001, abs=1e-6)

@@ -181,7 +181,8 @@ class ProposalMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., 3) contracted points -> (...) density."""
-        return density_activation(self.density(self.trunk(self.encoding(x)))[..., 0])
+        # the head's activation in fp32 whatever the matmuls ran in (ALGORITHM.md 4)
+        return density_activation(self.density(self.trunk(self.encoding(x)))[..., 0].float())
 
 
 class NerfMLP(nn.Module):
@@ -209,10 +210,10 @@ class NerfMLP(nn.Module):
         """x (R, n, 3) contracted points, viewdirs (R, 3) -> density (R, n), rgb (R, n, 3)."""
         out = self.head(self.trunk(self.encoding(x)))
         b = self.bottleneck_width
-        density = density_activation(out[..., b])
-        per_ray = self.view_d(view_encoding(viewdirs, self.view_freqs).to(out.dtype))  # (R, view_width)
+        density = density_activation(out[..., b].float())  # activations in fp32: 1.002 is 1.0 in bf16
+        per_ray = self.view_d(view_encoding(viewdirs, self.view_freqs))  # (R, view_width), once per ray
         h = F.relu(self.view_b(out[..., :b]) + per_ray[:, None, :])
-        return density, color_activation(self.rgb(h)[..., :3])
+        return density, color_activation(self.rgb(h)[..., :3].float())
 
 
 def convert_unaligned_state(state: dict, skip: int) -> dict:

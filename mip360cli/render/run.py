@@ -74,7 +74,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torc
         raise UserError(f"checkpoint {checkpoint} does not fit the model of {run / 'config.yaml'}: "
                         f"{str(e).splitlines()[0]}") from None
     model.to(device).eval()
-    if device.type == "cuda":
+    if device.type == "cuda" and cfg.train.precision in ("auto", "bf16"):  # the precision it was trained in
         model.mlp_dtype = torch.bfloat16
     try:
         meta = json.loads((run / "cameras.json").read_text())

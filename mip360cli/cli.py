@@ -114,7 +114,7 @@ def poses_cmd(
     """Estimate camera poses of photos or a video with COLMAP (pycolmap; no system install).
 
     Writes a COLMAP dataset (images/ and sparse/0) that `mip360 preprocess`
-    reads as it is. Needs pycolmap: pip install "mip360cli[poses]".
+    reads as it is. Needs pycolmap: pip install "mip360cli\\[poses]".
     """
     from .data.poses import PosesOptions, compute_poses, summary_lines
 

@@ -188,3 +188,9 @@ def test_bad_example_options(tmp_path, capsys):
 def test_usage_errors_exit_2(capsys):
     code, out, err = run(["preprocess", "--bogus"], capsys)
     assert code == 2 and "--bogus" in (out + err)
+
+
+def test_poses_help_shows_the_install_command_whole():
+    r = subprocess.run([sys.executable, "-m", "mip360cli", "poses", "--help"], capture_output=True, text=True,
+                       env={**__import__("os").environ, "COLUMNS": "120"})
+    assert r.returncode == 0 and 'pip install "mip360cli[poses]"' in r.stdout  # not eaten as rich markup

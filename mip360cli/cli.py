@@ -389,7 +389,7 @@ def demo_cmd(
     from .data.example import make_example
     from .progress import progress_bar
     from .render.run import evaluate, render_path
-    from .train.loop import train
+    from .train.loop import CannotResume, train
 
     width, height = _parse_size(size)
     overrides = [f"train.max_steps={steps}"] if steps else []
@@ -408,7 +408,11 @@ def demo_cmd(
     console.print("[bold]2/5[/bold] ray cache")
     cache = build_cache(scene, cfg.data, cfg.cache)
     console.print(f"[bold]3/5[/bold] training the tiny preset ({cfg.train.max_steps} steps) -> {run}")
-    summary = train(cache.path, run, cfg, restart=fresh_scene)
+    try:
+        summary = train(cache.path, run, cfg, restart=fresh_scene)
+    except CannotResume as e:  # e.g. a run left by an earlier mip360: the demo simply starts it over
+        console.print(f"{escape(str(e).splitlines()[0])}; starting the demo's run over", soft_wrap=True)
+        summary = train(cache.path, run, cfg, restart=True)
     loaded = _load_for_render(run, None, device, {})
     console.print("[bold]4/5[/bold] orbit video with median depth")
     rendered = render_path(loaded, "ellipse", frames, None, "median", True, 30.0, None, False)

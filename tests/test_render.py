@@ -271,3 +271,14 @@ def test_demo_pipeline_shortened(tmp_path, capsys):
     assert main(["demo", str(tmp_path / "demo"), "--steps", "20", "--size", "24x16", "--frames", "4"]) == 0
     err = capsys.readouterr().err
     assert "the example scene is already there" in err and "already trained to step 20" in err
+    # a run left by an earlier mip360 (other layer shapes) cannot be resumed: the demo starts it over
+    from test_model import _old_layout_state
+
+    from mip360cli.train import checkpoint as ckpt
+
+    step, last = ckpt.list_checkpoints(tmp_path / "demo" / "run")[-1]
+    state = ckpt.load_checkpoint(last)
+    state["model"] = _old_layout_state(load_config("tiny").model)
+    torch.save(state, last)
+    assert main(["demo", str(tmp_path / "demo"), "--steps", "20", "--size", "24x16", "--frames", "4"]) == 0
+    assert "starting the demo's run over" in capsys.readouterr().err

@@ -34,6 +34,10 @@ from .batches import RayBatcher
 from .schedule import learning_rate
 
 
+class CannotResume(UserError):
+    """The run's last checkpoint cannot be continued with this config, cache or version (``--restart``)."""
+
+
 class Interrupted(Exception):
     """Training stopped by SIGINT/SIGTERM after writing a checkpoint."""
 
@@ -279,14 +283,14 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
         if any(k.replace(COMPILE_PREFIX, "") == "nerf.view.weight" for k in state["model"]):
             # The earlier, unpadded layer layout: its weights convert (render and eval read it), its Adam
             # moments do not.
-            raise UserError(f"cannot resume {run}: {path.name} was written by an earlier mip360 whose layers "
+            raise CannotResume(f"cannot resume {run}: {path.name} was written by an earlier mip360 whose layers "
                             "had other shapes; it renders and evaluates, but training cannot continue from it",
                             hint="start over with --restart (or use another --run)")
         breaking, harmless = ckpt.config_changes(state["config"], resolved)
         if state.get("cache_fingerprint") != fingerprint:
             breaking.append("the ray cache (its images, cameras or options)")
         if breaking:
-            raise UserError(f"cannot resume {run}: the config changed in a way the checkpoint at step {step0} "
+            raise CannotResume(f"cannot resume {run}: the config changed in a way the checkpoint at step {step0} "
                             f"cannot follow: {', '.join(breaking)}",
                             hint="start over with --restart, use another --run, or undo the change")
         if harmless:

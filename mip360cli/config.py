@@ -487,7 +487,6 @@ def validate(cfg: Config) -> None:
         (m.dilation_bias >= 0 and m.dilation_multiplier >= 0, "model.dilation_bias and dilation_multiplier must "
          "be >= 0", (m.dilation_bias, m.dilation_multiplier)),
         (cfg.train.grad_max_norm >= 0, "train.grad_max_norm must be >= 0 (0 = no clipping)", cfg.train.grad_max_norm),
-        (cfg.train.log_every >= 1, "train.log_every must be >= 1", cfg.train.log_every),
     ]
     for ok, message, value in checks:
         if not ok:

@@ -78,13 +78,18 @@ OPTION_KEYS = {
 }
 
 
-def cache_options(data: DataConfig, cache: CacheConfig, fmt: str) -> dict:
-    """The options that change what the cache holds (``fmt``: the format actually read)."""
+def option_fields(data: DataConfig, cache: CacheConfig) -> Iterator[tuple[str, str, object, str]]:
+    """(option name, dotted key, config section object, field name) of every cache option."""
     sections = {"data": data, "cache": cache}
-    options = {"version": CACHE_VERSION}
     for name, key in OPTION_KEYS.items():
         section, field = key.split(".")
-        options[name] = getattr(sections[section], field)
+        yield name, key, sections[section], field
+
+
+def cache_options(data: DataConfig, cache: CacheConfig, fmt: str) -> dict:
+    """The options that change what the cache holds (``fmt``: the format actually read)."""
+    options = {"version": CACHE_VERSION}
+    options.update({name: getattr(obj, field) for name, _, obj, field in option_fields(data, cache)})
     options["format"] = fmt
     return options
 
@@ -106,18 +111,17 @@ def adopt_cache_options(path: Path, data: DataConfig, cache: CacheConfig, explic
     if found is None:
         return data, cache, []
     stored = found["options"]
-    sections = {"data": dataclasses.replace(data), "cache": dataclasses.replace(cache)}
+    data, cache = dataclasses.replace(data), dataclasses.replace(cache)
     adopted = []
-    for name, key in OPTION_KEYS.items():
-        section, field = key.split(".")
+    for name, key, obj, field in option_fields(data, cache):
         if key in explicit or name not in stored:
             continue
-        value, current = stored[name], getattr(sections[section], field)
+        value, current = stored[name], getattr(obj, field)
         if current != value:
-            setattr(sections[section], field, value)
+            setattr(obj, field, value)
             if not (name == "format" and current == "auto"):  # auto would find it too, unless there are two
                 adopted.append(f"{key}={value}")
-    return sections["data"], sections["cache"], adopted
+    return data, cache, adopted
 
 
 def stored_info(path: Path) -> dict | None:

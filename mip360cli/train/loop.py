@@ -18,7 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, config_hash, config_to_dict, save_config
-from ..data.cache import OPTION_KEYS, RayCache, build_cache, default_cache_path
+from ..data.cache import RayCache, build_cache, default_cache_path, option_fields
 from ..data.cameras import Cameras, cameras_to_tensors, pixel_rays
 from ..errors import UserError
 from ..eval import metrics
@@ -96,11 +96,9 @@ def open_cache(data: Path, cfg: Config, env: distributed.DistEnv, explicit: set[
 
 def record_cache_options(cfg: Config, cache: RayCache) -> None:
     """A cache fixes the options it was built with; the run's config records those."""
-    sections = {"data": cfg.data, "cache": cfg.cache}
-    for name, key in OPTION_KEYS.items():
-        section, field = key.split(".")
-        if name in cache.options and name != "format" and getattr(sections[section], field) != cache.options[name]:
-            setattr(sections[section], field, cache.options[name])
+    for name, _, obj, field in option_fields(cfg.data, cfg.cache):
+        if name in cache.options and name != "format":
+            setattr(obj, field, cache.options[name])
 
 
 def cameras_json(cameras: Cameras, cache: RayCache) -> str:

@@ -102,7 +102,7 @@ def value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _detail(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """(R, 1) multiplicative surface detail in [0.55, 1]: noise at three scales, like a worn real surface."""
+    """(R, 1) multiplicative surface detail in [0.3, 1]: noise at three scales, like a worn real surface."""
     n = sum(w * value_noise(x * f, y * f, seed + k) for k, (f, w) in enumerate(((4, 0.4), (13, 0.3), (41, 0.3))))
     return (0.3 + 0.7 * n)[:, None]
 

@@ -23,12 +23,12 @@ import torch
 from mip360cli.config import load_config
 from mip360cli.data.cameras import normalize_poses
 from mip360cli.data.example import ring_cameras
-from mip360cli.model.model import Mip360
+from mip360cli.model.model import Mip360, compile_enabled
 from mip360cli.render.paths import ellipse_path
 from mip360cli.render.run import render_image
 
 
-def child(preset: str, size: int, frames: int, device_name: str, chunk: int) -> dict:
+def child(preset: str, size: int, frames: int, device_name: str, chunk: int, compiled: str) -> dict:
     device = torch.device(device_name)
     cfg = load_config("tiny" if preset == "tiny" else "default")
     torch.manual_seed(0)
@@ -36,10 +36,14 @@ def child(preset: str, size: int, frames: int, device_name: str, chunk: int) -> 
     if device.type == "cuda":
         model.mlp_dtype = torch.bfloat16
         torch.backends.cuda.matmul.allow_tf32 = True
+    if compiled == "on" or (compiled == "auto" and compile_enabled("auto", device)):
+        model.compile_forward()  # as `mip360 render` does for a run trained compiled (train.compile)
     c2w, _ = normalize_poses(ring_cameras(16, size, size).c2w)
     poses = ellipse_path(c2w, frames + 1)
     K = np.array([[0.8 * size, 0, size / 2], [0, 0.8 * size, size / 2], [0, 0, 1]])
-    render_image(model, K, poses[0], None, size, size, chunk, device)  # warm-up
+    t0 = time.perf_counter()
+    render_image(model, K, poses[0], None, size, size, chunk, device)  # warm-up (and compilation)
+    setup = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
@@ -53,7 +57,8 @@ def child(preset: str, size: int, frames: int, device_name: str, chunk: int) -> 
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"preset": preset, "size": size, "frames": frames, "frames_per_s": frames / dt,
             "rays_per_s": frames * size * size / dt, "peak_mib": peak / 2**20,
-            "memory": "GPU allocated" if device.type == "cuda" else "process RSS"}
+            "memory": "GPU allocated" if device.type == "cuda" else "process RSS", "compiled": model.compiled,
+            "first_frame_s": setup}
 
 
 def main() -> None:
@@ -63,20 +68,23 @@ def main() -> None:
     ap.add_argument("--sizes", default="256,512")
     ap.add_argument("--frames", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=8192)
+    ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                    help="compile the model (auto: on CUDA, as train.compile=auto) [auto]")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.preset, args.child, args.frames, args.device, args.chunk)))
+        print(json.dumps(child(args.preset, args.child, args.frames, args.device, args.chunk, args.compile)))
         return
     rows = []
     for size in map(int, args.sizes.split(",")):
         out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--device", args.device,
-                              "--frames", str(args.frames), "--chunk", str(args.chunk), "--child", str(size)],
+                              "--frames", str(args.frames), "--chunk", str(args.chunk), "--compile", args.compile, "--child", str(size)],
                              capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"{r['preset']:5s} {r['size']}x{r['size']}: {r['frames_per_s']:.3f} frames/s, "
-              f"{r['rays_per_s']:,.0f} rays/s, peak {r['peak_mib']:.0f} MiB ({r['memory']})", flush=True)
+              f"{r['rays_per_s']:,.0f} rays/s, peak {r['peak_mib']:.0f} MiB ({r['memory']}); "
+              f"{'compiled' if r['compiled'] else 'eager'}, first frame {r['first_frame_s']:.1f} s", flush=True)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device {name}, chunk {args.chunk} rays; peak memory ratio largest/smallest size: "
           f"{rows[-1]['peak_mib'] / rows[0]['peak_mib']:.3f}")

@@ -151,9 +151,13 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA when present), cuda, cuda:N or cpu."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """MLP precision: auto = bf16 autocast on CUDA, fp32 on CPU."""
-    compile: bool = False
-    """torch.compile the MLPs (CUDA)."""
+    """MLP precision: auto = bf16 matmuls on CUDA (heads and compositing in fp32), fp32 on the CPU."""
+    recompute_proposal: bool = True
+    """Recompute the proposal MLP's activations in backward instead of keeping them: about a third
+    less activation memory for a few percent more time."""
+    compile: Literal["auto", True, False] = "auto"
+    """torch.compile the model's forward (sampling, MLPs, compositing) and the losses; auto = on CUDA
+    (faster there; slower to start by a minute or two), off on the CPU (where it is slower)."""
 
 
 @dataclass

@@ -37,10 +37,15 @@ class _Plain:
     def __init__(self, description: str, total: int, unit: str, interval: float = 5.0):
         self.description, self.total, self.unit, self.interval = description, total, unit, interval
         self.done = self.start_done = 0
+        self.status = ""
         self.start = self.last = time.perf_counter()
 
-    def advance(self, n: int = 1, status: str = "") -> None:
+    def advance(self, n: int = 1, status: str | None = None) -> None:
+        """``status``: new text after the figures; None keeps the last one."""
         self.done += n
+        if status is not None:
+            self.status = status
+        status = self.status
         now = time.perf_counter()
         if now - self.last >= self.interval or self.done >= self.total:
             self.last = now
@@ -55,8 +60,12 @@ class _Bar:
     def __init__(self, progress: Progress, task_id):
         self.progress, self.task_id = progress, task_id
 
-    def advance(self, n: int = 1, status: str = "") -> None:
-        self.progress.update(self.task_id, advance=n, status=status)
+    def advance(self, n: int = 1, status: str | None = None) -> None:
+        """``status``: new text after the figures; None keeps the last one."""
+        if status is None:
+            self.progress.update(self.task_id, advance=n)
+        else:
+            self.progress.update(self.task_id, advance=n, status=status)
 
 
 @contextmanager

@@ -63,6 +63,30 @@ def test_batcher_seek_and_epochs(cache):
         assert len(allk) == c.n_rays == len(np.unique(allk))
 
 
+def test_prefetcher_yields_the_batchers_stream_and_their_errors(cache):
+    from mip360cli.train.batches import Prefetcher
+
+    with RayCache(cache) as c:
+        plain = [RayBatcher(c, s, 2, 300, seed=1) for s in (0, 1)]
+        ahead = [RayBatcher(c, s, 2, 300, seed=1) for s in (0, 1)]
+        pre = Prefetcher(ahead, torch.device("cpu"), depth=3)
+        try:
+            for _ in range(25):  # several epochs of both shards
+                cam, u, v, rgb, pos = pre.next()
+                want = [np.concatenate(x) for x in zip(*(b.next() for b in plain))]
+                for got, w in zip((cam, u, v, rgb), want):
+                    np.testing.assert_array_equal(got.numpy(), w)
+                assert cam.dtype == torch.int64 and pos == [b.position() for b in plain]
+        finally:
+            pre.close()
+        broken = RayBatcher(c, 0, 1, 300, seed=1)
+        broken.next = lambda: (_ for _ in ()).throw(OSError("disk gone"))
+        pre = Prefetcher([broken], torch.device("cpu"))
+        with pytest.raises(OSError, match="disk gone"):
+            pre.next()
+        pre.close()
+
+
 def _psnr(a, b):
     return -10 * np.log10(((a - b) ** 2).mean())
 
@@ -259,18 +283,43 @@ def test_gradient_clipping_acts_on_the_step(cache, tmp_path):
     assert movement(0.05) == pytest.approx(free, rel=0.2)  # the tiny preset's clip rarely binds on step one
 
 
-def test_a_compiled_run_resumes_uncompiled_and_renders(cache, tmp_path):
-    """train.compile=true on the CPU (inductor with gcc): checkpoints hold the plain modules' keys."""
-    from mip360cli.cli import main
+def test_a_compiled_run_does_not_recompile_resumes_uncompiled_and_renders(cache, tmp_path, monkeypatch):
+    """train.compile=true on the CPU (inductor with gcc): nothing recompiles after the first step,
+    checkpoints hold the plain modules' keys, compiled rendering gives the eager images."""
+    import torch._dynamo.utils
 
+    from mip360cli.cli import main
+    from mip360cli.render.run import load_run
+    from mip360cli.train import loop
+
+    graphs = []  # graphs compiled so far, at the start of each step (jitter is drawn once per step)
+    real_jitter = loop.jitter_for
+    monkeypatch.setattr(loop, "jitter_for", lambda *a, **k: (
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"]), real_jitter(*a, **k))[1])
     run = tmp_path / "compiled"
-    train(cache, run, cfg("train.max_steps=2", "train.compile=true", "train.checkpoint_every=1"))
+    train(cache, run, cfg("train.max_steps=5", "train.compile=true", "train.checkpoint_every=1",
+                          "train.log_every=2", "train.lr_delay_steps=0"))
+    assert len(graphs) == 5 and graphs[1] > graphs[0]  # the first step compiles ...
+    assert graphs[1:] == [graphs[1]] * 4, graphs  # ... and no later one: train_frac, lr and steps are not constants
     state = ckpt.load_checkpoint(ckpt.list_checkpoints(run)[-1][1])["model"]
     assert not [k for k in state if "_orig_mod" in k] and set(state) == set(params_of_init(cache))
-    summary = train(cache, run, cfg("train.max_steps=3", "train.checkpoint_every=1"))  # compile switched off
-    assert summary.resumed_from == 2 and summary.step == 3
-    summary = train(cache, run, cfg("train.max_steps=4", "train.compile=true", "train.checkpoint_every=1"))
-    assert summary.resumed_from == 3  # and on again
+    monkeypatch.undo()
+
+    loaded = load_run(run, device=torch.device("cpu"))
+    assert loaded.model.compiled  # rendered as it was trained
+    eager = Mip360.from_config(loaded.cfg.model, loaded.cfg.data)
+    eager.load_state_dict(loaded.model.state_dict())
+    cams = loaded.cameras
+    view = (cams.K[0], cams.c2w[0], None, int(cams.width[0]), int(cams.height[0]))
+    a = render_image(loaded.model, *view, 500, torch.device("cpu"))  # 768 rays: chunks of 500 and 268 + 232 padding
+    b = render_image(eager, *view, 500, torch.device("cpu"))
+    for k in a:
+        assert np.abs(a[k] - b[k]).max() < 1e-4, k
+
+    summary = train(cache, run, cfg("train.max_steps=6", "train.compile=false", "train.checkpoint_every=1"))
+    assert summary.resumed_from == 5 and summary.step == 6
+    summary = train(cache, run, cfg("train.max_steps=7", "train.compile=true", "train.checkpoint_every=1"))
+    assert summary.resumed_from == 6  # and on again
     assert main(["render", str(run), "--frames", "1", "--no-video", "--device", "cpu"]) == 0
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     # a checkpoint written by the earlier version, with the compile wrappers' keys, still loads
@@ -296,3 +345,41 @@ def test_a_checkpoint_of_the_earlier_layer_layout_is_refused_for_resume_but_eval
     with pytest.raises(UserError, match="written by an earlier mip360 whose layers had other shapes"):
         train(cache, run, cfg("train.max_steps=2"))
     assert main(["eval", str(run), "--device", "cpu"]) == 0
+
+
+def test_steps_between_logs_read_nothing_back_from_the_device(cache, tmp_path, monkeypatch):
+    """No host sync in a step: values leave the device only every train.log_every steps (and at
+    checkpoints). Counted on the CPU as the tensor-to-Python conversions the training thread makes."""
+    from torch.overrides import TorchFunctionMode
+
+    from mip360cli.train import loop
+
+    reads = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "__format__", "__array__"}
+
+    class CountReads(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in reads:
+                self.calls.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    counter = CountReads()
+    at_step: list[int] = []  # reads so far at the start of each step
+    real_jitter = loop.jitter_for
+
+    def jitter(*a, **k):
+        at_step.append(len(counter.calls))
+        return real_jitter(*a, **k)
+
+    monkeypatch.setattr(loop, "jitter_for", jitter)
+    with counter:
+        summary = train(cache, tmp_path / "sync", cfg("train.max_steps=12", "train.log_every=6",
+                                                      "train.checkpoint_every=1000", "train.batch_rays=128"))
+    assert summary.step == 12 and summary.last_psnr == summary.last_psnr
+    per_step = np.diff(at_step)  # reads made by steps 1..11 (step k ends with the log when k % 6 == 0)
+    logged = {5}  # the step whose end is step 6
+    assert all(n == 0 for i, n in enumerate(per_step) if i not in logged), (per_step, counter.calls[:20])
+    assert per_step[5] > 0  # the test sees reads where there are some

@@ -375,9 +375,8 @@ def pixel_rays(K, c2w, dist, image_index, u, v):
     xy = torch.stack([x, y], -1)
     if dist is not None:
         d_i = dist[image_index]
-        needs = d_i.abs().amax(-1) > 0
-        if bool(needs.any()):
-            xy = torch.where(needs[:, None], undistort(xy, d_i), xy)
+        needs = d_i.abs().amax(-1) > 0  # rays of undistorted cameras keep their exact xy (no host sync)
+        xy = torch.where(needs[:, None], undistort(xy, d_i), xy)
     cam_dirs = torch.cat([xy, torch.ones_like(xy[:, :1])], -1)
     pose = c2w[image_index]
     directions = (pose[:, :, :3] @ cam_dirs[:, :, None])[..., 0]

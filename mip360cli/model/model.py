@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import DataConfig, ModelConfig
 from . import coord, render, stepfun
@@ -43,6 +44,11 @@ def load_plain_state(model: "Mip360", state: dict) -> None:
     model.load_state_dict({target.get(k, k): v for k, v in state.items()})
 
 
+def compile_enabled(setting: str | bool, device: torch.device) -> bool:
+    """``train.compile``: true, false, or auto (CUDA only: on the CPU compiled steps are slower)."""
+    return setting is True or (setting == "auto" and device.type == "cuda")
+
+
 def dilations(samples: list[int], bias: float, multiplier: float) -> list[float]:
     """Max-dilation applied before each level after the first (ALGORITHM.md 3).
 
@@ -74,6 +80,20 @@ class Mip360(nn.Module):
         self.proposal = ProposalMLP(cfg.encoding, cfg.prop)
         self.nerf = NerfMLP(cfg.encoding, cfg.nerf)
         self.mlp_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 for autocast on CUDA
+        self.compiled = False
+        # Recompute the proposal MLP's activations in backward instead of keeping them (train.recompute_proposal):
+        # a third of the activation memory for a few percent more matmul work.
+        self.recompute_proposal = False
+
+    def compile_forward(self) -> None:
+        """torch.compile the whole forward (sampling, MLPs, compositing) in place.
+
+        The state dict keeps the plain keys. Shapes are static: each batch size
+        compiles once (a training batch, a render chunk), nothing recompiles from
+        step to step (``train_frac`` is a tensor).
+        """
+        self.compile(dynamic=False)
+        self.compiled = True
 
     @classmethod
     def from_config(cls, model: ModelConfig, data: DataConfig) -> "Mip360":
@@ -88,12 +108,13 @@ class Mip360(nn.Module):
         return torch.autocast(device.type, dtype=self.mlp_dtype)
 
     def forward(self, origins: torch.Tensor, directions: torch.Tensor, viewdirs: torch.Tensor,
-                train_frac: float = 1.0, jitter: torch.Tensor | None = None) -> list[Level]:
+                train_frac: float | torch.Tensor = 1.0, jitter: torch.Tensor | None = None) -> list[Level]:
         """Render a batch of rays through every level.
 
         Args:
             origins, directions, viewdirs: (R, 3) rays (directions not normalized).
-            train_frac: step / max_steps for annealing (1 at render time).
+            train_frac: step / max_steps for annealing (1 at render time); a 0-d tensor in
+                training, so that a compiled forward does not recompile as it changes.
             jitter: None for deterministic sampling, else (R, n_levels) uniform
                 [0, 1) numbers: one offset per ray and level (single jitter).
         Returns:
@@ -119,6 +140,8 @@ class Mip360(nn.Module):
             with self._autocast(origins.device):
                 if last:
                     density, rgb = self.nerf(x, viewdirs)
+                elif self.recompute_proposal and torch.is_grad_enabled():
+                    density, rgb = checkpoint(self.proposal, x, use_reentrant=False), None
                 else:
                     density, rgb = self.proposal(x), None
             density = density.float()
@@ -130,22 +153,34 @@ class Mip360(nn.Module):
 
 
 def render_rays(model: Mip360, origins: torch.Tensor, directions: torch.Tensor, viewdirs: torch.Tensor,
-                chunk: int, depth: bool = True) -> dict[str, torch.Tensor]:
+                chunk: int, depth: bool = True, fixed_chunks: bool | None = None) -> dict[str, torch.Tensor]:
     """Render rays deterministically in chunks (memory bounded by ``chunk``), without gradients.
 
     Args:
         origins, directions, viewdirs: (R, 3).
+        fixed_chunks: pad the last chunk to ``chunk`` rays (repeating its last ray), so that
+            every call has one shape: a compiled model compiles once. Default: when the model
+            is compiled.
     Returns:
         rgb (R, 3), acc (R,), and with ``depth`` mean_depth (R,), median_depth (R,).
     """
+    if fixed_chunks is None:
+        fixed_chunks = model.compiled
+    n = origins.shape[0]
+    if fixed_chunks:
+        chunk = max(1, min(chunk, n))  # one shape per image size, no padding beyond the image
     out: dict[str, list[torch.Tensor]] = {"rgb": [], "acc": [], "mean_depth": [], "median_depth": []}
     with torch.inference_mode():
-        for a in range(0, origins.shape[0], chunk):
-            sl = slice(a, a + chunk)
-            last = model(origins[sl], directions[sl], viewdirs[sl])[-1]
-            out["rgb"].append(last.rgb)
-            out["acc"].append(last.weights.sum(-1))
+        for a in range(0, n, chunk):
+            rays = [x[a:a + chunk] for x in (origins, directions, viewdirs)]
+            real = rays[0].shape[0]
+            if fixed_chunks and real < chunk:
+                rays = [torch.cat([x, x[-1:].expand(chunk - real, 3)]) for x in rays]
+            last = model(*rays)[-1]
+            out["rgb"].append(last.rgb[:real])
+            out["acc"].append(last.weights.sum(-1)[:real])
             if depth:
-                out["mean_depth"].append(render.mean_depth(last.weights, last.t, model.near, model.far))
-                out["median_depth"].append(render.median_depth(last.weights, last.t, model.near, model.far))
+                w, t = last.weights[:real], last.t[:real]
+                out["mean_depth"].append(render.mean_depth(w, t, model.near, model.far))
+                out["median_depth"].append(render.median_depth(w, t, model.near, model.far))
     return {k: torch.cat(v) for k, v in out.items() if v}

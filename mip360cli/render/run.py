@@ -20,7 +20,7 @@ from ..data.images import read_image, resize_area
 from ..errors import UserError
 from ..eval import metrics
 from ..fsutil import atomic_write_text
-from ..model.model import Mip360, load_plain_state, render_rays
+from ..model.model import Mip360, compile_enabled, load_plain_state, render_rays
 from ..progress import info, progress_bar
 from ..train import checkpoint as ckpt
 from ..train import distributed
@@ -76,6 +76,8 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torc
     model.to(device).eval()
     if device.type == "cuda" and cfg.train.precision in ("auto", "bf16"):  # the precision it was trained in
         model.mlp_dtype = torch.bfloat16
+    if compile_enabled(cfg.train.compile, device):  # compiled as in training, in fixed-size chunks
+        model.compile_forward()
     try:
         meta = json.loads((run / "cameras.json").read_text())
     except FileNotFoundError:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import numpy as np
+import torch
 
 from ..data.cache import RayCache
 from ..errors import UserError
@@ -93,3 +97,69 @@ class RayBatcher:
         if len(parts) == 1:
             return parts[0]
         return tuple(np.concatenate(x) for x in zip(*parts))
+
+
+class Prefetcher:
+    """The batches of one or more shards, read ahead in a background thread.
+
+    The thread reads (HDF5) and permutes the next ``depth`` batches while the
+    device trains on the current one; on CUDA they wait in pinned memory and are
+    copied with ``non_blocking``. The order is exactly that of the batchers'
+    ``next()``: a resumed run still sees the same stream.
+
+    Args:
+        batchers: one per shard read by this process; a batch concatenates theirs.
+        device: where :meth:`next` puts the tensors.
+    """
+
+    def __init__(self, batchers: list[RayBatcher], device: torch.device, depth: int = 2):
+        self.batchers, self.device = batchers, device
+        self.pin = device.type == "cuda"
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mip360-batches", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> tuple[tuple[torch.Tensor, ...], list[dict]]:
+        parts = [b.next() for b in self.batchers]
+        arrays = parts[0] if len(parts) == 1 else tuple(np.concatenate(x) for x in zip(*parts))
+        tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+        if self.pin:
+            tensors = tuple(t.pin_memory() for t in tensors)
+        return tensors, [b.position() for b in self.batchers]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item: object = self._read()
+            except BaseException as e:  # noqa: BLE001 - handed to the training thread, which raises it
+                item = e
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[dict]]:
+        """camera (B,) int64, u (B,), v (B,) int32 and rgb (B, 3) uint8 on the device, and the
+        batchers' positions after this batch."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        (cam, u, v, rgb), positions = item
+        nb = self.pin
+        return (cam.to(self.device, non_blocking=nb).long(), u.to(self.device, non_blocking=nb),
+                v.to(self.device, non_blocking=nb), rgb.to(self.device, non_blocking=nb), positions)
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the read it is in)."""
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join()

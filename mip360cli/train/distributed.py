@@ -81,6 +81,21 @@ def all_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return values
 
 
+def all_min_(values: torch.Tensor, env: DistEnv) -> None:
+    """``values`` := the minimum over all ranks, in place (no host sync with NCCL)."""
+    if env.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
+
+
+def any_flag(flag: bool, device: torch.device, env: DistEnv) -> bool:
+    """True on every rank when ``flag`` is true on any (reads back: a host sync)."""
+    if not env.enabled:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()

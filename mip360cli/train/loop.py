@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -24,13 +25,13 @@ from ..errors import UserError
 from ..eval import metrics
 from ..fsutil import atomic_write_text, ensure_writable_dir, process_lock
 from ..model import losses
-from ..model.model import COMPILE_PREFIX, Level, Mip360, load_plain_state, plain_state_dict
+from ..model.model import COMPILE_PREFIX, Level, Mip360, compile_enabled, load_plain_state, plain_state_dict
 from ..progress import info, progress_bar, warn
 from ..render.run import render_image
 from ..render.writers import depth_range, depth_to_color, to_uint8, write_png
 from . import checkpoint as ckpt
 from . import distributed
-from .batches import RayBatcher
+from .batches import Prefetcher, RayBatcher
 from .schedule import learning_rate
 
 
@@ -137,12 +138,68 @@ def stop_signals() -> Iterator[dict]:
 
 def jitter_for(seed: int, step: int, shards: list[int], sizes: list[int], levels: int,
                device: torch.device) -> torch.Tensor:
-    """Single-jitter offsets (sum(sizes), levels), a pure function of (seed, step, shard)."""
+    """Single-jitter offsets (sum(sizes), levels), a pure function of (seed, step, shard, device type).
+
+    Drawn on the device from a generator seeded per step (no host work, no copy).
+    """
     parts = []
     for shard, n in zip(shards, sizes):
-        g = torch.Generator().manual_seed(hash((seed, step, shard)) & 0x7FFF_FFFF_FFFF_FFFF)
-        parts.append(torch.rand(n, levels, generator=g))
-    return torch.cat(parts).to(device)
+        g = torch.Generator(device=device).manual_seed(hash((seed, step, shard)) & 0x7FFF_FFFF_FFFF_FFFF)
+        parts.append(torch.rand(n, levels, generator=g, device=device))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+class DeviceStats:
+    """A training step's figures, kept on the device between reads.
+
+    ``record`` is a few device operations per step (no host sync); ``read``
+    brings back: steps skipped since the last read, the longest run of skipped
+    steps since then (carried over the read), the MSE of the last finite step
+    and the last step's loss terms (the mean over processes).
+    """
+
+    TERMS = ("loss", "data", "interlevel", "distortion")
+
+    def __init__(self, device: torch.device, step: int):
+        self.step = torch.tensor(float(step), device=device)  # the step as a tensor: train_frac without a copy
+        # skipped since the last read, current run of skipped steps, longest run, last finite mse, then TERMS
+        self.values = torch.zeros(4 + len(self.TERMS), device=device)
+        self.values[3] = float("nan")
+
+    def record(self, finite: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        bad = 1.0 - finite
+        v = self.values
+        run = (v[1] + 1.0) * bad
+        mse = torch.where(finite > 0, terms["mse"].detach().float(), v[3])
+        latest = torch.stack([terms[k].detach().float() for k in self.TERMS])
+        self.values = torch.cat([torch.stack([v[0] + bad, run, torch.maximum(v[2], run), mse]), latest])
+        self.step += 1
+
+    def read(self, env: distributed.DistEnv) -> tuple[int, int, float, list[float]]:
+        v = self.values
+        terms = distributed.all_mean(torch.nan_to_num(v[4:], nan=float("inf")), env)
+        values = v[:4].tolist() + terms.tolist()
+        self.values = torch.cat([torch.stack([torch.zeros_like(v[0]), v[1], v[1], v[3]]), v[4:]])
+        return int(values[0]), int(values[2]), values[3], values[4:]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Adam:
+    """Fused Adam (CPU and CUDA): it skips a step on the device when ``found_inf`` is set (no host sync)."""
+    tc = cfg.train
+    return torch.optim.Adam(model.parameters(), lr=tc.lr_init, betas=(tc.adam_beta1, tc.adam_beta2),
+                            eps=tc.adam_eps, fused=True)
+
+
+def load_optimizer_state(optimizer: torch.optim.Adam, state: dict) -> None:
+    """Adam's moments and step counts from a checkpoint, kept fused whatever the writer used (earlier
+    versions used the non-fused Adam on the CPU: its state is the same, its flags are not)."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, None
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            if st and "step" in st:  # the fused kernels want the step count on the parameter's device, float32
+                st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device)
 
 
 def compute_losses(levels: list[Level], gt: torch.Tensor, cfg: Config) -> dict[str, torch.Tensor]:
@@ -154,6 +211,34 @@ def compute_losses(levels: list[Level], gt: torch.Tensor, cfg: Config) -> dict[s
     total = data + cfg.train.interlevel_weight * inter + cfg.train.distortion_weight * dist
     mse = ((last.rgb.detach() - gt) ** 2).mean()
     return {"loss": total, "data": data, "interlevel": inter, "distortion": dist, "mse": mse}
+
+
+def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, params: list[torch.Tensor],
+               max_norm: float, rays: tuple[torch.Tensor, torch.Tensor, torch.Tensor], gt: torch.Tensor,
+               train_frac: torch.Tensor, jitter: torch.Tensor,
+               env: distributed.DistEnv | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimization step, all on the device (no value is read back).
+
+    Args:
+        net: the model (or its DDP wrapper); optimizer: a fused Adam (it skips the update on
+            the device when the step is not finite); loss_fn: ``levels, gt -> terms``.
+        rays: origins, directions, viewdirs (R, 3); gt: (R, 3) in [0, 1];
+        train_frac: 0-d tensor; jitter: (R, levels).
+    Returns:
+        finite: 0-d float tensor, 1 when the step was applied (the same on every process);
+        the loss terms (tensors).
+    """
+    levels = net(*rays, train_frac=train_frac, jitter=jitter)
+    terms = loss_fn(levels, gt)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    finite = (torch.isfinite(terms["loss"].detach()) & torch.isfinite(grad_norm)).float()
+    if env is not None and env.enabled:  # every process skips the same steps
+        distributed.all_min_(finite, env)
+    optimizer.found_inf = 1.0 - finite
+    optimizer.step()
+    return finite, terms
 
 
 def validate(model: Mip360, cache: RayCache, run: Path, step: int, chunk: int,
@@ -256,11 +341,12 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
         warn("train.precision=bf16 is ignored on the CPU: the MLPs run in fp32 there (bf16 is for CUDA)")
     if device.type == "cuda" and tc.precision in ("auto", "bf16"):
         model.mlp_dtype = torch.bfloat16
-    if tc.compile:
-        model.proposal = torch.compile(model.proposal)
-        model.nerf = torch.compile(model.nerf)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr_init, betas=(tc.adam_beta1, tc.adam_beta2),
-                                 eps=tc.adam_eps, **({"fused": True} if device.type == "cuda" else {}))
+    model.recompute_proposal = tc.recompute_proposal
+    loss_fn = functools.partial(compute_losses, cfg=cfg)
+    if compile_enabled(tc.compile, device):
+        model.compile_forward()
+        loss_fn = torch.compile(loss_fn, dynamic=False)
+    optimizer = make_optimizer(model, cfg)
 
     # Resume, or start over.
     start_step, nonfinite_total = 0, 0
@@ -294,7 +380,7 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
         if harmless:
             info(f"resuming with changed options: {', '.join(harmless)}")
         load_plain_state(model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         start_step, nonfinite_total = int(state["step"]), int(state.get("nonfinite_total", 0))
         if env.is_main:
@@ -315,6 +401,17 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
         if env.enabled else model
     params = [p for p in model.parameters() if p.requires_grad]
     levels_n = model.n_levels()
+    max_norm = tc.grad_max_norm if tc.grad_max_norm > 0 else float("inf")
+    reader_position: list[dict] = [b.position() for b in batchers]
+
+    # What the loop needs to know of each step stays on the device and is read only every few steps
+    # (flush): a read makes the host wait for the GPU, and the host must stay ahead of it.
+    dev = DeviceStats(device, start_step)
+    metrics_file = open(run / "metrics.jsonl", "a") if env.is_main else None
+    step, last_psnr, val_psnr = start_step, float("nan"), None
+    window_t, window_steps, rays_per_s = time.perf_counter(), 0, 0.0
+    saved_at, flushed_at = start_step, start_step
+    stop_check_every = min(tc.log_every, 10)  # several processes agree to stop at a step every few steps
 
     def save(step: int) -> None:
         if env.is_main:
@@ -322,13 +419,31 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
                 "step": step, "model": plain_state_dict(model), "optimizer": optimizer.state_dict(),
                 "rng": {"torch": torch.get_rng_state()}, "config": resolved, "config_hash": config_hash(cfg),
                 "cache_fingerprint": fingerprint, "nonfinite_total": nonfinite_total,
-                "reader": [b.position() for b in batchers] if not env.enabled else batchers[0].position(),
+                "reader": reader_position if not env.enabled else reader_position[0],
             }, tc.keep_checkpoints)
 
-    metrics_file = open(run / "metrics.jsonl", "a") if env.is_main else None
-    step, consecutive_bad, last_psnr, val_psnr = start_step, 0, float("nan"), None
-    window_t, window_steps, rays_per_s = time.perf_counter(), 0, 0.0
-    saved_at = start_step
+    def flush(step: int) -> list[float]:
+        """Read the device's figures; warn of skipped steps, stop a diverged run. Returns the step's
+        loss, data, interlevel, distortion (mean over processes)."""
+        nonlocal nonfinite_total, last_psnr, flushed_at
+        skipped, worst_run, last_mse, terms = dev.read(env)
+        if skipped:
+            nonfinite_total += skipped
+            warn(f"non-finite loss or gradient, step skipped: {skipped} of steps {flushed_at + 1}-{step} "
+                 f"({nonfinite_total} in all)")
+        if worst_run >= tc.max_nonfinite:
+            last = ckpt.list_checkpoints(run)
+            raise UserError(
+                f"training diverged: {tc.max_nonfinite} steps in a row had a non-finite loss or gradient "
+                f"({worst_run} by step {step})",
+                hint=(f"the last good checkpoint is {last[-1][1]}; " if last else "")
+                + "lower train.lr_init or check the data, then run again to resume")
+        if last_mse == last_mse:  # some step was finite
+            last_psnr = float(losses.mse_to_psnr(last_mse))
+        flushed_at = step
+        return terms
+
+    prefetch = Prefetcher(batchers, device)
     try:
         with stop_signals() as sig, progress_bar("training", tc.max_steps, "steps", completed=start_step,
                                                  interval=10.0) as bar:
@@ -336,69 +451,49 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
                 lr = learning_rate(step, tc.lr_init, tc.lr_final, tc.max_steps, tc.lr_delay_steps, tc.lr_delay_mult)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                parts = [b.next() for b in batchers]
-                cam, u, v, rgb = (np.concatenate(x) if len(parts) > 1 else x[0] for x in zip(*parts))
-                cam_t = torch.from_numpy(cam).to(device, torch.long)
-                o, d, vd = pixel_rays(tensors["K"], tensors["c2w"], tensors["dist"], cam_t,
-                                      torch.from_numpy(u).to(device), torch.from_numpy(v).to(device))
-                gt = torch.from_numpy(rgb).to(device).float() / 255.0
+                cam, u, v, rgb, reader_position = prefetch.next()
+                o, d, vd = pixel_rays(tensors["K"], tensors["c2w"], tensors["dist"], cam, u, v)
+                gt = rgb.float() / 255.0
                 jitter = jitter_for(tc.seed, step, shards, [per_shard] * len(shards), levels_n, device)
-                levels = net(o, d, vd, train_frac=step / tc.max_steps, jitter=jitter)
-                terms = compute_losses(levels, gt, cfg)
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                max_norm = tc.grad_max_norm if tc.grad_max_norm > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                finite = torch.isfinite(terms["loss"].detach()) & torch.isfinite(grad_norm)
-                stats = torch.stack([terms[k].detach().float() for k in ("loss", "data", "interlevel", "distortion",
-                                                                         "mse")]
-                                    + [finite.float(), torch.tensor(float(sig["signum"] > 0), device=device)])
-                stats = distributed.all_mean(torch.nan_to_num(stats, nan=float("inf")), env)
-                all_finite = bool(stats[5] == 1)
-                if all_finite:
-                    optimizer.step()
-                    consecutive_bad = 0
-                else:
-                    consecutive_bad += 1
-                    nonfinite_total += 1
-                    warn(f"step {step}: non-finite loss or gradient, step skipped "
-                         f"({consecutive_bad} in a row, {nonfinite_total} in all)")
-                    if consecutive_bad >= tc.max_nonfinite:
-                        last = ckpt.list_checkpoints(run)
-                        raise UserError(
-                            f"training diverged: {consecutive_bad} steps in a row had a non-finite loss or "
-                            f"gradient (at step {step})",
-                            hint=(f"the last good checkpoint is {last[-1][1]}; " if last else "")
-                            + "lower train.lr_init or check the data, then run again to resume")
+                finite, terms = train_step(net, optimizer, loss_fn, params, max_norm, (o, d, vd), gt,
+                                           dev.step / tc.max_steps, jitter, env)
+                dev.record(finite, terms)
                 step += 1
                 window_steps += 1
-                if all_finite:
-                    last_psnr = float(losses.mse_to_psnr(float(stats[4])))
-                status = f"loss {float(stats[0]):.4f}  psnr {last_psnr:.2f}  lr {lr:.2e}"
-                if step % tc.log_every == 0 or step == tc.max_steps:
-                    now = time.perf_counter()
-                    rays_per_s = window_steps * tc.batch_rays / max(now - window_t, 1e-9)
-                    window_t, window_steps = now, 0
-                    if metrics_file:
-                        metrics_file.write(json.dumps({
-                            "step": step, "loss": float(stats[0]), "data": float(stats[1]),
-                            "interlevel": float(stats[2]), "distortion": float(stats[3]), "psnr": last_psnr,
-                            "lr": lr, "rays_per_s": round(rays_per_s, 1), "nonfinite": nonfinite_total}) + "\n")
-                        metrics_file.flush()
-                bar.advance(1, status=status + (f"  {rays_per_s:,.0f} rays/s" if rays_per_s else ""))
-                if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+
+                stop = bool(sig["signum"]) if not env.enabled else (
+                    step % stop_check_every == 0 and distributed.any_flag(bool(sig["signum"]), device, env))
+                logging = step % tc.log_every == 0 or step == tc.max_steps
+                saving = step % tc.checkpoint_every == 0 or step == tc.max_steps or stop
+                validating = env.is_main and ((tc.val_every and step % tc.val_every == 0) or step == tc.max_steps)
+                if logging or saving or validating:
+                    loss, data_, inter, distortion = flush(step)
+                    status = f"loss {loss:.4f}  psnr {last_psnr:.2f}  lr {lr:.2e}"
+                    if logging:
+                        now = time.perf_counter()
+                        rays_per_s = window_steps * tc.batch_rays / max(now - window_t, 1e-9)
+                        window_t, window_steps = now, 0
+                        if metrics_file:
+                            metrics_file.write(json.dumps({
+                                "step": step, "loss": loss, "data": data_, "interlevel": inter,
+                                "distortion": distortion, "psnr": last_psnr, "lr": lr,
+                                "rays_per_s": round(rays_per_s, 1), "nonfinite": nonfinite_total}) + "\n")
+                            metrics_file.flush()
+                    bar.advance(1, status=status + (f"  {rays_per_s:,.0f} rays/s" if rays_per_s else ""))
+                else:
+                    bar.advance(1)
+                if saving and (saved_at != step):
                     save(step)
                     saved_at = step
-                if env.is_main and ((tc.val_every and step % tc.val_every == 0) or step == tc.max_steps):
+                if validating:
                     val_psnr = validate(model, cache, run, step, cfg.render.chunk_rays, device)
                     if val_psnr is not None and metrics_file:
                         metrics_file.write(json.dumps({"step": step, "val_psnr": val_psnr}) + "\n")
                         metrics_file.flush()
-                if float(stats[6]) > 0:  # some rank got SIGINT/SIGTERM: all stop at this step
-                    if saved_at != step:
-                        save(step)
+                if stop:  # SIGINT/SIGTERM (in some process): all stop at this step, checkpoint written
                     raise Interrupted(step, sig["signum"] or signal.SIGTERM)
     finally:
+        prefetch.close()
         if metrics_file:
             metrics_file.close()
         cache.close()

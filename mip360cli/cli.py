@@ -424,6 +424,43 @@ def demo_cmd(
     typer.echo(f"eval       {run / 'eval'}  PSNR {result['mean']['psnr']:.2f} dB, SSIM {result['mean']['ssim']:.4f}")
 
 
+checkpoint_app = typer.Typer(help="Checkpoints: convert one written by an earlier version or another tool.",
+                             no_args_is_help=True)
+app.add_typer(checkpoint_app, name="checkpoint")
+
+
+@checkpoint_app.command("upgrade")
+def checkpoint_upgrade_cmd(
+    path: Path = typer.Argument(..., help="A checkpoint file, or a run folder (all its checkpoints)."),
+    trust: bool = typer.Option(False, "--trust", help="Confirm that you trust where the file comes from: "
+                                                      "converting it unpickles it, which can run code."),
+) -> None:
+    """Rewrite checkpoints as tensors and plain values (read without running code).
+
+    mip360 reads checkpoints with torch.load(weights_only=True) and refuses
+    any holding other objects: a crafted one could run code when unpickled.
+    This converts checkpoints you trust, in place and atomically (numpy
+    values become tensors and numbers, paths become strings).
+    """
+    from .train import checkpoint as ckpt
+
+    if path.is_dir():
+        files = [p for _, p in ckpt.list_checkpoints(path)]
+        if not files:
+            raise UserError(f"{path} has no checkpoints (checkpoints/step_NNNNNNN.pt)")
+    elif path.exists():
+        files = [path]
+    else:
+        raise UserError(f"{path} does not exist", hint="give a checkpoint file or a run folder")
+    if not trust:
+        raise UserError(f"not converting {len(files)} checkpoint(s) of {path}: converting unpickles them, which "
+                        "runs any code they name", hint="add --trust if you trust where they come from "
+                                                        "(you or someone you trust wrote them)")
+    for f in files:
+        changed = ckpt.upgrade_checkpoint(f)
+        typer.echo(f"{'converted' if changed else 'already plain'}  {f}")
+
+
 def _relaunch(ctx: typer.Context, argv: list[str], gpus: int, what: str, hint: str, **kwargs) -> None:
     """Run ``mip360 ARGV`` again under torch.distributed.run with ``gpus`` processes per machine."""
     from .train import distributed

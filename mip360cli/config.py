@@ -357,8 +357,30 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def _resolve_base(path: Path, base: str) -> Path:
+    """The file a config's ``base:`` names: a path relative to the config's folder (or absolute),
+    else a preset name (``default``, ``tiny.yaml``)."""
+    given = Path(base)
+    local = given if given.is_absolute() else path.parent / given
+    if local.exists():
+        return local.resolve()
+    preset = CONFIG_DIR / (base if given.suffix in (".yaml", ".yml") else f"{base}.yaml")
+    if not given.is_absolute() and given.name == base and preset.exists():
+        return preset.resolve()
+    raise UserError(f"{path}: base '{base}' is neither a file (looked for {local}) nor a preset",
+                    hint=f"presets: {', '.join(preset_names())}; a relative path is taken from the config's folder")
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = (), root: Path | None = None,
+                     outside_base: str = "notice") -> dict:
+    """A config file merged over its ``base:`` chain.
+
+    A base must lie in the first file's folder (or below) or be a preset. One outside:
+    ``outside_base="notice"`` reads it and says so; ``"error"`` refuses it (a run's
+    config.yaml, which mip360 writes without a base, must not reach other files).
+    """
     path = path.resolve()
+    root = root or path.parent
     if path in seen:
         raise UserError(f"{path}: 'base:' files form a cycle: " + " -> ".join(str(s) for s in seen + (path,)))
     data = _read_yaml(path)
@@ -368,10 +390,16 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(base, str) or not base.strip():
         raise UserError(f"{path}: 'base' must name a YAML file or a preset, got {base!r}",
                         hint=f"e.g. base: default.yaml (presets: {', '.join(preset_names())})")
-    base_path = resolve_config_path(base) if not Path(base).is_absolute() else Path(base)
-    if not base_path.is_absolute() and not base_path.exists():
-        base_path = path.parent / base
-    return _deep_merge(_load_yaml_chain(base_path, seen + (path,)), data)
+    base_path = _resolve_base(path, base)
+    if not (base_path.is_relative_to(root) or base_path.is_relative_to(CONFIG_DIR.resolve())):
+        if outside_base == "error":
+            raise UserError(f"{path}: base '{base}' ({base_path}) is outside {root}; mip360 does not follow it "
+                            "here", hint="a run's config.yaml is written without a base: restore it from the "
+                                         "run's checkpoint or train the run again")
+        from .progress import info
+
+        info(f"config {path} takes its base from {base_path}, outside {root}")
+    return _deep_merge(_load_yaml_chain(base_path, seen + (path,), root, outside_base), data)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -421,19 +449,21 @@ def explicit_keys(overrides: Sequence[str] = (), values: dict[str, Any] | None =
 
 
 def load_config(config: str | Path | None = None, overrides: Sequence[str] = (),
-                values: dict[str, Any] | None = None) -> Config:
+                values: dict[str, Any] | None = None, outside_base: str = "notice") -> Config:
     """Load the schema defaults, then ``config`` (file or preset), then overrides.
 
     Args:
         config: a YAML path or a preset name; None = the schema defaults.
         overrides: ``key=value`` strings (dotted keys or aliases).
         values: dotted keys set by command-line flags; None values are ignored.
+        outside_base: a ``base:`` outside the config's folder (not a preset) is read with a
+            notice ("notice") or refused ("error").
     """
     tree: dict = {}
     where = "config"
     if config is not None:
         path = resolve_config_path(config)
-        tree = _load_yaml_chain(path)
+        tree = _load_yaml_chain(path, outside_base=outside_base)
         where = str(path)
     # Validate the file on its own first, so its errors name the file.
     _build(Config, tree, where)

@@ -59,7 +59,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torc
     if not (run / "config.yaml").exists():
         raise UserError(f"{run} is not a mip360 run (no config.yaml)",
                         hint="give the folder `mip360 train` wrote (--run), e.g. runs/<scene>")
-    cfg = load_config(run / "config.yaml")
+    cfg = load_config(run / "config.yaml", outside_base="error")  # a run's config reaches no other file
     if checkpoint is None:
         found = ckpt.list_checkpoints(run)
         if not found:
@@ -188,9 +188,10 @@ def render_path(loaded: LoadedRun, path: str, frames: int, ratio: float | None, 
     names = [v.name for v in views]
     result = {"out": out, "frames": len(views), "rendered": len(todo) * env.world}
     if depth != "none":
-        lo, hi = depth_range(np.load(out / "depth" / f"{n}.npy") for n in names)
+        depth = lambda n: np.load(out / "depth" / f"{n}.npy", allow_pickle=False)  # noqa: E731 - never unpickles
+        lo, hi = depth_range(depth(n) for n in names)
         for n in names:
-            write_png(out / "depth" / f"{n}.png", depth_to_color(np.load(out / "depth" / f"{n}.npy"), lo, hi))
+            write_png(out / "depth" / f"{n}.png", depth_to_color(depth(n), lo, hi))
         result["depth_range"] = (lo, hi)
     if video:
         rgb = lambda: (read_image(out / "rgb" / f"{n}.png") for n in names)  # noqa: E731

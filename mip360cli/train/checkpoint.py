@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import torch
 
@@ -37,31 +38,139 @@ def remove_leftovers(run: Path) -> list[Path]:
     return found
 
 
+PLAIN_SCALARS = (bool, int, float, str, type(None))
+
+
+def check_plain(value, where: str = "state") -> None:
+    """Raise TypeError naming the first object in ``value`` that is not a tensor or plain data.
+
+    Plain data: None, bool, int, float, str, and lists, tuples and dicts (str or int keys) of
+    plain data or tensors: what ``torch.load(weights_only=True)`` reads without running code.
+    """
+    if isinstance(value, torch.Tensor) or type(value) in PLAIN_SCALARS:
+        return
+    if type(value) in (list, tuple):
+        for i, v in enumerate(value):
+            check_plain(v, f"{where}[{i}]")
+        return
+    if type(value) is dict:
+        for k, v in value.items():
+            if type(k) not in (str, int):
+                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__}, not a str or int")
+            check_plain(v, f"{where}[{k!r}]")
+        return
+    raise TypeError(f"{where}: {type(value).__name__} is not a tensor or plain data")
+
+
 def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
-    """Write ``state`` as ``checkpoints/step_NNNNNNN.pt`` atomically; delete all but the last ``keep``."""
+    """Write ``state`` as ``checkpoints/step_NNNNNNN.pt`` atomically; delete all but the last ``keep``.
+
+    ``state`` must be tensors and plain data (:func:`check_plain`): what it holds can be read
+    back without unpickling code.
+    """
+    check_plain(state)
     path = checkpoint_dir(run) / f"step_{step:07d}.pt"
     # Serialized in memory first: torch.save's own writer turns a full disk into "unexpected pos", while a
     # plain write raises ENOSPC, which atomic_path reports as one clear message.
     buf = io.BytesIO()
     torch.save(state, buf)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
+    _write(path, buf)
     for _, old in list_checkpoints(run)[:-keep]:
         old.unlink(missing_ok=True)
     return path
 
 
+def _write(path: Path, buf: io.BytesIO) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class UntrustedCheckpoint(UserError):
+    """A checkpoint whose pickle names code (classes or functions) besides tensors and plain data."""
+
+
 def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint with ``weights_only=True``: tensors and plain data, never code.
+
+    A file that names anything else (a crafted file could run any code when unpickled) is
+    refused with :class:`UntrustedCheckpoint`; ``mip360 checkpoint upgrade PATH --trust``
+    converts one the user trusts.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise UntrustedCheckpoint(
+            f"checkpoint {path} holds objects other than tensors and plain values{what}: reading it could run "
+            "code, so mip360 does not read it",
+            hint=f"if you trust where it comes from (you or someone you trust wrote it), convert it once with "
+                 f"`mip360 checkpoint upgrade {path} --trust`; otherwise delete it") from None
     except Exception as e:  # noqa: BLE001 - a damaged file is the user's to know about
         raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})",
                         hint="delete it to resume from the one before, or start over with --restart") from None
+
+
+def to_plain(value, where: str = "state"):
+    """``value`` with numpy arrays as tensors, numpy scalars as Python numbers, paths as strings, and
+    OrderedDicts as dicts; TypeError for anything else that is not plain (:func:`check_plain`)."""
+    import collections
+
+    import numpy as np
+
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, bool) or value is None:
+        return value
+    for plain in (int, float, str):
+        if isinstance(value, plain):
+            return plain(value)
+    if isinstance(value, (list, tuple)):
+        out = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return out if isinstance(value, list) else tuple(out)
+    if isinstance(value, (dict, collections.OrderedDict)):
+        return {to_plain(k, where): to_plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise TypeError(f"{where}: {type(value).__module__}.{type(value).__name__} has no plain equivalent")
+
+
+def upgrade_checkpoint(path: Path) -> bool:
+    """Rewrite a checkpoint the user trusts as tensors and plain data (atomically, in place).
+
+    This is the one place mip360 unpickles a file with ``weights_only=False``: only for
+    ``mip360 checkpoint upgrade --trust``. Returns False when it was plain already.
+    """
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return False
+    except pickle.UnpicklingError:
+        pass
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+    try:
+        state = to_plain(state)
+        check_plain(state)
+    except TypeError as e:
+        raise UserError(f"checkpoint {path} cannot be converted: {e}",
+                        hint="it was not written by mip360, or by a version that stored other objects") from None
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    _write(path, buf)
+    return True
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

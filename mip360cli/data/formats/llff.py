@@ -36,7 +36,7 @@ def read(folder: Path, ratio: float = 1.0) -> Cameras:
     """
     path = folder / FILE
     try:
-        arr = np.load(path)
+        arr = np.load(path, allow_pickle=False)  # never unpickle: an object array is refused
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         raise UserError(f"{path}: cannot read ({e})", hint="expected an N x 17 float array") from None
     if arr.ndim != 2 or arr.shape[1] != 17:

@@ -375,6 +375,48 @@ def eval_cmd(
     typer.echo(f"wrote {run / 'eval' / 'metrics.json'}, per_image.csv and images/")
 
 
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="A run folder made by `mip360 train`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The PLY file (default: RUN/export/points.ply)."),
+    points: int = typer.Option(1_000_000, "--points", "-n", help="At most this many points (a random subset)."),
+    split: str = typer.Option("train", "--split", help="Views to take depth from: train | test | all."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Image scale against the original photos "
+                                                                "(default: the training ratio)."),
+    min_opacity: float = typer.Option(0.9, "--min-opacity", help="Keep pixels whose accumulated opacity is "
+                                                                 "at least this."),
+    tolerance: float = typer.Option(0.01, "--tolerance", help="Relative depth difference under which a "
+                                                              "neighbouring view agrees with a point."),
+    neighbours: int = typer.Option(4, "--neighbours", help="Nearest views each point is checked in."),
+    min_agree: int = typer.Option(1, "--min-agree", help="Neighbouring views that must agree (0: no check)."),
+    bound: float = typer.Option(1.0, "--bound", help="Keep points within this distance (max-norm) of the "
+                                                     "normalized scene's center; 1 = the cameras' box, beyond "
+                                                     "which the scene is contracted; 0 = no limit."),
+    normals: bool = typer.Option(False, "--normals", help="Normals from the depth maps (else the PLY's "
+                                                          "normal fields are 0)."),
+    normalized: bool = typer.Option(False, "--normalized", help="Points in the normalized scene instead of "
+                                                                "the input data's world coordinates."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file (default: latest)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+) -> None:
+    """Export a coloured point cloud (binary PLY) from the median depth of the training views.
+
+    Points are in the input data's own world coordinates and units (they lie
+    on its COLMAP model), with x, y, z, nx, ny, nz, red, green, blue: the
+    layout 3D Gaussian splatting (gsplat, splatfacto) initializes from.
+    """
+    from .render.export import export_points
+
+    if split not in ("train", "test", "all"):
+        raise UserError(f"--split {split!r}: choose train, test or all")
+    _check_ratio(ratio)
+    loaded = _load_for_render(run, checkpoint, device, {})
+    out = out or run / "export" / "points.ply"
+    summary = export_points(loaded, out, points, split, ratio, min_opacity, tolerance, neighbours, min_agree,
+                            bound, normals, normalized)
+    typer.echo(f"points     {summary.points:,} in {summary.path} ({summary.frame})")
+
+
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Argument(Path("mip360-demo"), help="Folder for the scene, cache and run."),

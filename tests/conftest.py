@@ -45,3 +45,20 @@ def scene_copy(scenes, tmp_path):
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def trained_example(tmp_path_factory) -> dict:
+    """A tiny model trained well enough to have geometry: 24 views of 64x48, 600 steps (~30 s).
+
+    For the tests of what is made from a trained run (export, viewer). Read-only.
+    """
+    from mip360cli.config import CacheConfig, DataConfig, load_config
+    from mip360cli.data.cache import build_cache
+    from mip360cli.train.loop import train
+
+    root = tmp_path_factory.mktemp("trained")
+    make_example(root / "scene", "colmap", 24, 64, 48)
+    cache = build_cache(root / "scene", DataConfig(), CacheConfig(bucket_rays=4096), out=root / "cache.h5").path
+    summary = train(cache, root / "run", load_config("tiny", ["train.max_steps=600", "train.val_every=0"]))
+    return {"scene": root / "scene", "cache": cache, "run": root / "run", "val_psnr": summary.val_psnr}

@@ -166,6 +166,21 @@ def trace(o: np.ndarray, d: np.ndarray, texture: bool = False) -> tuple[np.ndarr
     return np.clip(rgb, 0, 1), t_best
 
 
+def surface_distance(points: np.ndarray) -> np.ndarray:
+    """Distance of (N, 3) scene-world points to the nearest surface of the scene: (N,).
+
+    Example:
+        >>> surface_distance(np.array([[0.0, 0, 1.5], [5, 5, 0.25], [0, 0, 11]])).round(3).tolist()
+        [0.5, 0.25, 1.0]
+    """
+    p = np.asarray(points, float)
+    r_floor = np.hypot(p[:, 0], p[:, 1])
+    floor = np.where(r_floor <= FLOOR_RADIUS, np.abs(p[:, 2]), np.hypot(r_floor - FLOOR_RADIUS, p[:, 2]))
+    enclosure = np.abs(ENCLOSURE_RADIUS - np.linalg.norm(p, axis=1))
+    spheres = [np.abs(np.linalg.norm(p - np.asarray(s.center), axis=1) - s.radius) for s in SPHERES]
+    return np.min([floor, enclosure, *spheres], axis=0)
+
+
 def _camera_rays(cameras: Cameras, i: int, offsets: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     w, h = int(cameras.width[i]), int(cameras.height[i])
     K, c2w, dist = cameras.K[i], cameras.c2w[i], cameras.dist[i]

@@ -1,0 +1,222 @@
+"""Point-cloud export: median depth of the training views, unprojected, filtered and written as PLY.
+
+A pixel becomes a point when the model is opaque there (accumulated weight at
+least ``min_opacity``), its median depth agrees with what neighbouring views
+see at the point's projection (relative difference under ``tolerance`` in at
+least ``min_agree`` of ``neighbours`` views), and it lies within ``bound`` of
+the normalized scene's center (the box holding the cameras, |x| <= 1, by
+default: beyond it the scene is contracted and its depth is coarse). Points
+are written in the input data's world coordinates and units (those of its
+COLMAP model, LLFF poses or transforms.json) unless ``normalized`` is asked.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..fsutil import atomic_path
+from ..progress import info, progress_bar
+from .run import LoadedRun, View, path_views, render_image
+
+
+@dataclass
+class ExportSummary:
+    path: Path
+    points: int
+    candidates: int
+    views: int
+    frame: str
+
+
+def unproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """World points of a z-depth map: (H, W) depth, (3, 3) K, (3, 4) camera-to-world -> (H, W, 3).
+
+    Pixel centers at +0.5, OpenCV axes; no lens distortion (export views are pinhole).
+
+    Example:
+        >>> K = np.array([[2.0, 0, 1], [0, 2, 1], [0, 0, 1]])
+        >>> unproject(np.full((2, 2), 4.0), K, np.eye(3, 4))[0, 0].tolist()
+        [-1.0, -1.0, 4.0]
+    """
+    h, w = depth.shape
+    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    x = (u - K[0, 2] - K[0, 1] * (v - K[1, 2]) / K[1, 1]) / K[0, 0]
+    y = (v - K[1, 2]) / K[1, 1]
+    cam = np.stack([x, y, np.ones_like(x)], -1) * depth[..., None]
+    return cam @ c2w[:, :3].T + c2w[:, 3]
+
+
+def project(points: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel coordinates (u, v, continuous, centers at +0.5) and z-depth of (N, 3) world points in a camera."""
+    R, t = c2w[:, :3], c2w[:, 3]
+    cam = (points - t) @ R  # world -> camera: R^T (p - t)
+    z = cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = K[0, 0] * cam[:, 0] / z + K[0, 1] * cam[:, 1] / z + K[0, 2]
+        v = K[1, 1] * cam[:, 1] / z + K[1, 2]
+    return u, v, z
+
+
+def depth_normals(points: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """Unit normals (H, W, 3) of a grid of unprojected points (H, W >= 2), by central differences
+    (one-sided at the borders), facing the camera."""
+    n = np.cross(np.gradient(points, axis=0), np.gradient(points, axis=1))
+    norm = np.linalg.norm(n, axis=-1, keepdims=True)
+    n = np.where(norm > 0, n / np.maximum(norm, 1e-12), 0.0)
+    to_camera = c2w[:, 3] - points
+    flip = (n * to_camera).sum(-1, keepdims=True) < 0
+    return np.where(flip, -n, n)
+
+
+def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray, normals: np.ndarray | None = None) -> None:
+    """A binary little-endian PLY of (N, 3) float points, (N, 3) uint8 colors and (N, 3) normals
+    (zeros when None: 3D Gaussian splatting's reader expects the fields). Written atomically."""
+    n = len(xyz)
+    normals = np.zeros((n, 3), np.float32) if normals is None else normals
+    rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("nx", "<f4"), ("ny", "<f4"),
+                             ("nz", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    for i, k in enumerate("xyz"):
+        rec[k] = xyz[:, i]
+        rec["n" + k] = normals[:, i]
+    for i, k in enumerate(("red", "green", "blue")):
+        rec[k] = rgb[:, i]
+    header = ("ply\nformat binary_little_endian 1.0\ncomment written by mip360 export\n"
+              f"element vertex {n}\n"
+              "property float x\nproperty float y\nproperty float z\n"
+              "property float nx\nproperty float ny\nproperty float nz\n"
+              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(header.encode("ascii"))
+            f.write(rec.tobytes())
+
+
+def read_ply(path: Path) -> dict[str, np.ndarray]:
+    """Read a binary little-endian PLY vertex list as written by :func:`write_ply`: field -> (N,) array."""
+    types = {"float": "<f4", "double": "<f8", "uchar": "u1", "uint8": "u1", "int": "<i4", "float32": "<f4"}
+    with open(path, "rb") as f:
+        if f.readline().strip() != b"ply":
+            raise UserError(f"{path} is not a PLY file")
+        fields, n = [], 0
+        while True:
+            line = f.readline().decode("ascii", "replace").strip()
+            if line.startswith("format") and "binary_little_endian" not in line:
+                raise UserError(f"{path}: only binary little-endian PLY is read here")
+            if line.startswith("element vertex"):
+                n = int(line.split()[-1])
+            elif line.startswith("property"):
+                _, tp, name = line.split()
+                fields.append((name, types[tp]))
+            elif line == "end_header" or not line:
+                break
+        data = np.frombuffer(f.read(), dtype=fields, count=n)
+    return {k: data[k] for k, _ in fields}
+
+
+def neighbours_of(centers: np.ndarray, k: int) -> np.ndarray:
+    """(N, k) indices of each camera's ``k`` nearest other cameras (by center distance)."""
+    d = np.linalg.norm(centers[:, None] - centers[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    k = min(k, len(centers) - 1)
+    return np.argsort(d, axis=1)[:, :k]
+
+
+def export_points(loaded: LoadedRun, out: Path, points: int = 1_000_000, split: str = "train",
+                  ratio: float | None = None, min_opacity: float = 0.9, tolerance: float = 0.01,
+                  neighbours: int = 4, min_agree: int = 1, bound: float = 1.0, normals: bool = False,
+                  normalized: bool = False, seed: int = 0) -> ExportSummary:
+    """Render the views of ``split``, turn their pixels into points, filter and write ``out`` (PLY).
+
+    Depth maps go to a scratch folder beside ``out`` (removed at the end), so memory holds
+    one view and its neighbours at a time, whatever the number of views.
+    """
+    if points < 1:
+        raise UserError(f"--points must be >= 1, got {points}")
+    if not 0 <= min_opacity <= 1:
+        raise UserError(f"--min-opacity must be in [0, 1], got {min_opacity}")
+    if tolerance <= 0:
+        raise UserError(f"--tolerance must be > 0, got {tolerance}")
+    views: list[View] = []
+    for part in (("train", "test") if split == "all" else (split,)):
+        if part == "test" and split == "all" and len(loaded.test) == 0:
+            continue
+        views += path_views(loaded, part, 0, ratio)
+    if len(views) < 2 and min_agree > 0:
+        raise UserError(f"the {split} split has {len(views)} view(s); the depth check needs at least 2",
+                        hint="use --split all, or --min-agree 0 to keep unchecked points")
+    scratch = out.parent / f".{out.name}.views"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        with progress_bar("rendering depth", len(views), "views") as bar:
+            for i, view in enumerate(views):
+                r = render_image(loaded.model, view.K, view.c2w, None, view.width, view.height,
+                                 loaded.cfg.render.chunk_rays, loaded.device)
+                np.savez(scratch / f"{i}.npz", rgb=np.clip(r["rgb"], 0, 1).astype(np.float32),
+                         acc=r["acc"].astype(np.float32), depth=r["median_depth"].astype(np.float32))
+                bar.advance(1)
+        view_data = lambda i: np.load(scratch / f"{i}.npz", allow_pickle=False)  # noqa: E731
+        near_views = neighbours_of(np.array([v.c2w[:, 3] for v in views]), neighbours)
+        per_view = -(-2 * points // len(views))  # a bounded random share of each view's points
+        rng = np.random.default_rng(seed)
+        kept_xyz, kept_rgb, kept_n, candidates = [], [], [], 0
+        far = loaded.cfg.data.far
+        with progress_bar("filtering points", len(views), "views") as bar:
+            for i, view in enumerate(views):
+                d = view_data(i)
+                depth, acc = d["depth"], d["acc"]
+                xyz = unproject(depth, view.K, view.c2w)
+                mask = (acc >= min_opacity) & (depth < 0.999 * far)
+                if bound > 0:
+                    mask &= np.abs(xyz).max(-1) <= bound
+                idx = np.flatnonzero(mask)
+                pts = xyz.reshape(-1, 3)[idx]
+                agree = np.zeros(len(idx), int)
+                for j in near_views[i]:
+                    nb = view_data(int(j))
+                    u, v, z = project(pts, views[j].K, views[j].c2w)
+                    h, w = nb["depth"].shape
+                    inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+                    ui = np.clip(np.nan_to_num(u).astype(int), 0, w - 1)
+                    vi = np.clip(np.nan_to_num(v).astype(int), 0, h - 1)
+                    seen = nb["depth"][vi, ui]
+                    agree += inside & (np.abs(seen - z) <= tolerance * np.maximum(z, 1e-9))
+                good = agree >= min(min_agree, len(near_views[i]))
+                idx, pts = idx[good], pts[good]
+                candidates += len(idx)
+                if len(idx) > per_view:
+                    pick = rng.choice(len(idx), per_view, replace=False)
+                    idx, pts = idx[pick], pts[pick]
+                kept_xyz.append(pts)
+                kept_rgb.append(d["rgb"].reshape(-1, 3)[idx])
+                if normals:
+                    kept_n.append(depth_normals(xyz, view.c2w).reshape(-1, 3)[idx])
+                bar.advance(1)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    xyz = np.concatenate(kept_xyz) if kept_xyz else np.zeros((0, 3))
+    if len(xyz) == 0:
+        raise UserError("no point passed the filters", hint="lower --min-opacity, raise --tolerance, or "
+                                                            "check that the run is trained (mip360 eval)")
+    rgb = np.concatenate(kept_rgb)
+    nrm = np.concatenate(kept_n) if normals else None
+    if len(xyz) > points:
+        pick = np.sort(rng.choice(len(xyz), points, replace=False))
+        xyz, rgb = xyz[pick], rgb[pick]
+        nrm = nrm[pick] if nrm is not None else None
+    if not normalized:  # back to the input world: p = T^-1 [p_n, 1]
+        inv = np.linalg.inv(loaded.transform)
+        xyz = xyz @ inv[:3, :3].T + inv[:3, 3]
+        if nrm is not None:
+            nrm = nrm @ np.linalg.inv(inv[:3, :3])  # normals transform by the inverse transpose
+            nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12)
+    write_ply(out, xyz.astype(np.float32), np.round(rgb * 255).astype(np.uint8),
+              None if nrm is None else nrm.astype(np.float32))
+    frame = "normalized scene" if normalized else "input world (the dataset's own coordinates and units)"
+    info(f"{len(xyz):,} points of {candidates:,} that passed the filters, from {len(views)} views -> {out}")
+    return ExportSummary(out, len(xyz), candidates, len(views), frame)

@@ -152,6 +152,9 @@ class TrainConfig:
     """auto (CUDA when present), cuda, cuda:N or cpu."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """MLP precision: auto = bf16 matmuls on CUDA (heads and compositing in fp32), fp32 on the CPU."""
+    tensorboard: Literal["auto", True, False] = "auto"
+    """Write loss terms, PSNR, lr, rays/s and the validation panel to RUN/tensorboard/ (auto: when the
+    tensorboard package is installed)."""
     recompute_proposal: bool = True
     """Recompute the proposal MLP's activations in backward instead of keeping them: about a third
     less activation memory for a few percent more time."""

@@ -383,3 +383,29 @@ def test_steps_between_logs_read_nothing_back_from_the_device(cache, tmp_path, m
     logged = {5}  # the step whose end is step 6
     assert all(n == 0 for i, n in enumerate(per_step) if i not in logged), (per_step, counter.calls[:20])
     assert per_step[5] > 0  # the test sees reads where there are some
+
+
+def test_tensorboard_holds_the_scalars_and_the_validation_panel(cache, tmp_path):
+    pytest.importorskip("tensorboard")  # in the [test] extra; train.tensorboard=auto skips it when absent
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    args = ["train.batch_rays=64", "train.log_every=5", "train.checkpoint_every=5"]
+    train(cache, run, cfg("train.max_steps=10", *args))
+    train(cache, run, cfg("train.max_steps=15", *args))  # resumes at 10
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for k in ("loss", "data", "interlevel", "distortion", "psnr", "lr", "rays_per_s", "nonfinite"):
+        assert f"train/{k}" in tags["scalars"], tags
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15]
+    logged = {json.loads(line)["step"]: json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "loss" in line}
+    for e in events.Scalars("train/loss"):
+        assert e.value == pytest.approx(logged[e.step]["loss"], rel=1e-6)
+    assert [e.step for e in events.Scalars("val/psnr")] == [10, 15]
+    images = events.Images("val/photo_render_depth")
+    assert [i.step for i in images] == [10, 15]
+    assert (images[-1].width, images[-1].height) == (3 * 32, 24)  # photo | render | depth of a 32x24 view
+    train(cache, tmp_path / "off", cfg("train.max_steps=1", "train.tensorboard=false"))
+    assert (tmp_path / "off" / "checkpoints").is_dir() and not (tmp_path / "off" / "tensorboard").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import os
 import signal
@@ -202,6 +203,45 @@ def load_optimizer_state(optimizer: torch.optim.Adam, state: dict) -> None:
                 st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device)
 
 
+def tensorboard_enabled(setting: str | bool) -> bool:
+    """``train.tensorboard``: true, false, or auto (when the tensorboard package is installed)."""
+    if setting == "auto":
+        return importlib.util.find_spec("tensorboard") is not None
+    if setting is True and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("train.tensorboard=true needs the tensorboard package", hint="pip install tensorboard")
+    return bool(setting)
+
+
+class Board:
+    """TensorBoard logs of a run (RUN/tensorboard/), or nothing when ``folder`` is None.
+
+    A resumed run purges the events after its checkpoint's step, as metrics.jsonl drops
+    its lines: the replayed steps are not logged twice.
+    """
+
+    def __init__(self, folder: Path | None, start_step: int):
+        self.writer = None
+        if folder is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(folder), purge_step=start_step + 1 if start_step else None)
+
+    def scalars(self, step: int, record: dict[str, float]) -> None:
+        if self.writer is not None:
+            for k, v in record.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+
+    def validation(self, step: int, psnr: float, panel: np.ndarray) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("val/psnr", psnr, step)
+            self.writer.add_image("val/photo_render_depth", panel, step, dataformats="HWC")
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def compute_losses(levels: list[Level], gt: torch.Tensor, cfg: Config) -> dict[str, torch.Tensor]:
     """Charbonnier data loss on the NeRF level, interlevel loss per proposal level, distortion."""
     last = levels[-1]
@@ -242,8 +282,9 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, 
 
 
 def validate(model: Mip360, cache: RayCache, run: Path, step: int, chunk: int,
-             device: torch.device) -> float | None:
-    """Render held-out view 0; write GT | render | depth to RUN/val/; return its PSNR."""
+             device: torch.device) -> tuple[float, np.ndarray] | None:
+    """Render held-out view 0; write GT | render | depth to RUN/val/; return its PSNR and the panel
+    (H, 3W, 3) uint8."""
     if len(cache.test) == 0:
         return None
     was_training = model.training
@@ -259,7 +300,7 @@ def validate(model: Mip360, cache: RayCache, run: Path, step: int, chunk: int,
     depth = out["median_depth"]
     panel = np.concatenate([gt, to_uint8(rgb), depth_to_color(depth, *depth_range([depth]))], axis=1)
     write_png(run / "val" / f"step_{step:07d}.png", panel)
-    return psnr
+    return psnr, panel
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -443,6 +484,8 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
         flushed_at = step
         return terms
 
+    board = Board(run / "tensorboard" if env.is_main and tensorboard_enabled(tc.tensorboard) else None,
+                  start_step)
     prefetch = Prefetcher(batchers, device)
     try:
         with stop_signals() as sig, progress_bar("training", tc.max_steps, "steps", completed=start_step,
@@ -473,12 +516,13 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
                         now = time.perf_counter()
                         rays_per_s = window_steps * tc.batch_rays / max(now - window_t, 1e-9)
                         window_t, window_steps = now, 0
+                        record = {"loss": loss, "data": data_, "interlevel": inter, "distortion": distortion,
+                                  "psnr": last_psnr, "lr": lr, "rays_per_s": round(rays_per_s, 1),
+                                  "nonfinite": nonfinite_total}
                         if metrics_file:
-                            metrics_file.write(json.dumps({
-                                "step": step, "loss": loss, "data": data_, "interlevel": inter,
-                                "distortion": distortion, "psnr": last_psnr, "lr": lr,
-                                "rays_per_s": round(rays_per_s, 1), "nonfinite": nonfinite_total}) + "\n")
+                            metrics_file.write(json.dumps({"step": step, **record}) + "\n")
                             metrics_file.flush()
+                        board.scalars(step, record)
                     bar.advance(1, status=status + (f"  {rays_per_s:,.0f} rays/s" if rays_per_s else ""))
                 else:
                     bar.advance(1)
@@ -486,14 +530,18 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
                     save(step)
                     saved_at = step
                 if validating:
-                    val_psnr = validate(model, cache, run, step, cfg.render.chunk_rays, device)
-                    if val_psnr is not None and metrics_file:
-                        metrics_file.write(json.dumps({"step": step, "val_psnr": val_psnr}) + "\n")
-                        metrics_file.flush()
+                    val = validate(model, cache, run, step, cfg.render.chunk_rays, device)
+                    if val is not None:
+                        val_psnr = val[0]
+                        board.validation(step, *val)
+                        if metrics_file:
+                            metrics_file.write(json.dumps({"step": step, "val_psnr": val_psnr}) + "\n")
+                            metrics_file.flush()
                 if stop:  # SIGINT/SIGTERM (in some process): all stop at this step, checkpoint written
                     raise Interrupted(step, sig["signum"] or signal.SIGTERM)
     finally:
         prefetch.close()
+        board.close()
         if metrics_file:
             metrics_file.close()
         cache.close()

@@ -183,6 +183,13 @@ def train_cmd(
                                      help="Restart all processes this often after a failure (elastic; "
                                           "each restart resumes from the last checkpoint)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the run's checkpoints and start over."),
+    viewer: bool = typer.Option(False, "--viewer", help="Serve the web viewer (as `mip360 view`) from the "
+                                                        "first process while training; it renders between steps, "
+                                                        "in at most ~8% of the time."),
+    viewer_host: str = typer.Option("127.0.0.1", "--viewer-host", help="The viewer's address (other than "
+                                                                       "127.0.0.1: anyone who reaches it sees "
+                                                                       "the scene)."),
+    viewer_port: int = typer.Option(7007, "--viewer-port", help="The viewer's port."),
 ) -> None:
     """Train a Mip-NeRF 360 model; running it again resumes from the last checkpoint.
 
@@ -210,11 +217,14 @@ def train_cmd(
         for flag, value in (("--config", config), ("--device", device)):
             if value is not None:
                 argv += [flag, str(value)]
+        if viewer:
+            argv += ["--viewer", "--viewer-host", viewer_host, "--viewer-port", str(viewer_port)]
         _relaunch(ctx, argv, gpus, "training", "fix the problem, then run the same command again to resume",
                   nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts)
         return
     try:
-        summary = train(data, run, cfg, restart=restart, explicit=explicit)
+        summary = train(data, run, cfg, restart=restart, explicit=explicit,
+                        viewer={"host": viewer_host, "port": viewer_port} if viewer else None)
     except Interrupted as e:
         console.print(f"interrupted at step {e.step}: checkpoint saved; run the same command to resume")
         raise typer.Exit(130 if e.signum == 2 else 143)
@@ -373,6 +383,55 @@ def eval_cmd(
     table.add_row("[bold]mean", f"[bold]{result['mean']['psnr']:.2f}", f"[bold]{result['mean']['ssim']:.4f}")
     Console().print(table)  # the scores are the command's output: stdout
     typer.echo(f"wrote {run / 'eval' / 'metrics.json'}, per_image.csv and images/")
+
+
+@app.command("view")
+def view_cmd(
+    run: Path = typer.Argument(..., help="A run folder made by `mip360 train` (it may still be training)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Other than 127.0.0.1, anyone "
+                                                         "who reaches the port sees the scene and drives the "
+                                                         "renderer (prefer an SSH tunnel)."),
+    port: int = typer.Option(7007, "--port", help="Port of the web page."),
+    budget_ms: int = typer.Option(100, "--budget-ms", help="Time for a frame while the camera moves (its size "
+                                                           "follows); a still view is refined to full size."),
+    max_res: int = typer.Option(1024, "--max-res", help="Longest side of a still frame."),
+    chunk: int = typer.Option(4096, "--chunk", help="Rays rendered at once."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file (default: the latest, "
+                                                                         "reloaded as new ones appear)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+) -> None:
+    """Fly through a run in the browser (viser): training cameras, RGB and depth, camera paths.
+
+    Renders the model from the browser's camera (quick frames while it moves,
+    full size when it stops), shows the training cameras with their photos,
+    reloads the newest checkpoint as training writes it, and draws camera paths
+    (keyframes -> RUN/camera_paths/*.json for `mip360 render --path`). Stop
+    with Ctrl-C.
+    """
+    import time
+
+    import numpy as np
+
+    from .view.core import ViewerCore
+    from .view.server import ShownCameras, Viewer
+
+    if budget_ms < 1 or max_res < 16 or chunk < 1:
+        raise UserError("--budget-ms must be >= 1, --max-res >= 16 and --chunk >= 1")
+    loaded = _load_for_render(run, checkpoint, device, {})
+    train_idx = loaded.train if len(loaded.train) else np.arange(len(loaded.cameras))
+    cams = loaded.cameras.select(train_idx)
+    core = ViewerCore(loaded.model, loaded.device, chunk=chunk, budget_s=budget_ms / 1000, max_side=max_res,
+                      run=None if checkpoint else run, checkpoint_step=loaded.step)
+    shown = ShownCameras(cams.K, cams.c2w, cams.width, cams.height, [str(p) for p in cams.image_paths])
+    viewer = Viewer(core, shown, loaded.transform, run / "camera_paths", host=host, port=port,
+                    title=f"mip360 · {run.name}")
+    console.print(f"viewer of {run} (step {loaded.step}) at [bold]{viewer.url}[/bold]  (Ctrl-C to stop)",
+                  soft_wrap=True)
+    try:
+        while True:
+            time.sleep(1.0)
+    finally:
+        viewer.close()
 
 
 @app.command("export")

@@ -203,6 +203,20 @@ def load_optimizer_state(optimizer: torch.optim.Adam, state: dict) -> None:
                 st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device)
 
 
+def start_viewer(model: Mip360, cache: RayCache, run: Path, device: torch.device, options: dict, cfg: Config):
+    """The web viewer on the model being trained (``train --viewer``): rendering between steps."""
+    from ..view.core import ViewerCore
+    from ..view.server import ShownCameras, TrainingViewer, Viewer
+
+    cams = cache.cameras.select(cache.train) if len(cache.train) else cache.cameras
+    core = ViewerCore(model, device, chunk=min(cfg.render.chunk_rays, 4096), budget_s=options.get("budget_s", 0.1))
+    viewer = Viewer(core, ShownCameras(cams.K, cams.c2w, cams.width, cams.height, [str(p) for p in cams.image_paths]),
+                    cache.transform, run / "camera_paths", host=options.get("host", "127.0.0.1"),
+                    port=int(options.get("port", 7007)), background=False, title=f"mip360 · training {run.name}")
+    info(f"viewer of the training at {viewer.url}")
+    return TrainingViewer(viewer, share=options.get("share", 0.08))
+
+
 def tensorboard_enabled(setting: str | bool) -> bool:
     """``train.tensorboard``: true, false, or auto (when the tensorboard package is installed)."""
     if setting == "auto":
@@ -328,7 +342,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def train(data: str | Path, run: str | Path, cfg: Config, restart: bool = False,
-          data_shards: int | None = None, explicit: set[str] | None = None) -> TrainSummary:
+          data_shards: int | None = None, explicit: set[str] | None = None,
+          viewer: dict | None = None) -> TrainSummary:
     """Train (or resume) a run.
 
     Args:
@@ -340,6 +355,7 @@ def train(data: str | Path, run: str | Path, cfg: Config, restart: bool = False,
             batch matches a run on that many processes (used to check DDP against one process).
         explicit: dotted keys the user gave on the command line; a dataset folder's existing
             cache keeps its options for every other key. None: ``cfg`` decides all.
+        viewer: ``{"host": ..., "port": ...}`` to serve the web viewer from rank 0 while training.
     """
     data, run = Path(data), Path(run)
     tc = cfg.train
@@ -357,13 +373,13 @@ def train(data: str | Path, run: str | Path, cfg: Config, restart: bool = False,
             if env.is_main:  # one training per run folder: a second one would mix checkpoints and metrics
                 stack.enter_context(process_lock(run / ".mip360.lock", f"the run folder {run}"))
                 ckpt.remove_leftovers(run)
-            return _train(data, run, cfg, restart, data_shards, device, env, explicit)
+            return _train(data, run, cfg, restart, data_shards, device, env, explicit, viewer)
     finally:
         distributed.shutdown(env)
 
 
 def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int | None, device: torch.device,
-           env: distributed.DistEnv, explicit: set[str] | None) -> TrainSummary:
+           env: distributed.DistEnv, explicit: set[str] | None, viewer: dict | None = None) -> TrainSummary:
     tc = cfg.train
     if env.is_main:
         ensure_writable_dir(run)
@@ -486,6 +502,7 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
 
     board = Board(run / "tensorboard" if env.is_main and tensorboard_enabled(tc.tensorboard) else None,
                   start_step)
+    live = start_viewer(model, cache, run, device, viewer, cfg) if viewer and env.is_main else None
     prefetch = Prefetcher(batchers, device)
     try:
         with stop_signals() as sig, progress_bar("training", tc.max_steps, "steps", completed=start_step,
@@ -501,6 +518,8 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
                 finite, terms = train_step(net, optimizer, loss_fn, params, max_norm, (o, d, vd), gt,
                                            dev.step / tc.max_steps, jitter, env)
                 dev.record(finite, terms)
+                if live is not None:
+                    live.between_steps()
                 step += 1
                 window_steps += 1
 
@@ -542,6 +561,8 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
     finally:
         prefetch.close()
         board.close()
+        if live is not None:
+            live.close()
         if metrics_file:
             metrics_file.close()
         cache.close()

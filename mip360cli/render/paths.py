@@ -60,7 +60,8 @@ def spiral_path(c2w: np.ndarray, n_frames: int, n_rots: int = 2, radius_scale: f
     return np.stack([look_at(p, center, np.array([0.0, 0.0, 1.0])) for p in pos])
 
 
-def _slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
+def slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
+    """Spherical interpolation of unit quaternions (wxyz), the shorter way round."""
     dot = float(np.dot(q0, q1))
     if dot < 0:
         q1, dot = -q1, -dot
@@ -82,7 +83,7 @@ def interp_path(c2w: np.ndarray, n_frames: int) -> np.ndarray:
         x = k * n / n_frames
         i, t = int(x) % n, x - int(x)
         j = (i + 1) % n
-        R = quaternion_to_rotation(_slerp(quats[i], quats[j], t))
+        R = quaternion_to_rotation(slerp(quats[i], quats[j], t))
         pos = (1 - t) * c2w[i, :, 3] + t * c2w[j, :, 3]
         out.append(np.concatenate([R, pos[:, None]], 1))
     return np.stack(out)

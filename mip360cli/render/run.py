@@ -97,15 +97,20 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torc
                      device, state.get("cache_fingerprint"), Path(checkpoint))
 
 
-def render_image(model: Mip360, K: np.ndarray, c2w: np.ndarray, dist: np.ndarray | None, width: int, height: int,
-                 chunk: int, device: torch.device) -> dict[str, np.ndarray]:
-    """Render one camera: rgb (H, W, 3), acc, mean_depth, median_depth (H, W), float32 numpy, scene units."""
+def image_rays(K: np.ndarray, c2w: np.ndarray, dist: np.ndarray | None, width: int, height: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Origins, directions, viewdirs (H*W, 3) of one camera's pixels, row by row."""
     t = lambda a: torch.as_tensor(np.asarray(a, np.float32)[None], device=device)  # noqa: E731
     v, u = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
     cam = torch.zeros(height * width, dtype=torch.long, device=device)
     d = t(dist) if dist is not None and np.any(dist != 0) else None
-    o, dirs, vd = pixel_rays(t(K), t(c2w), d, cam, u.reshape(-1), v.reshape(-1))
-    out = render_rays(model, o, dirs, vd, chunk)
+    return pixel_rays(t(K), t(c2w), d, cam, u.reshape(-1), v.reshape(-1))
+
+
+def render_image(model: Mip360, K: np.ndarray, c2w: np.ndarray, dist: np.ndarray | None, width: int, height: int,
+                 chunk: int, device: torch.device) -> dict[str, np.ndarray]:
+    """Render one camera: rgb (H, W, 3), acc, mean_depth, median_depth (H, W), float32 numpy, scene units."""
+    out = render_rays(model, *image_rays(K, c2w, dist, width, height, device), chunk)
     return {k: x.float().cpu().numpy().reshape(height, width, *x.shape[1:]) for k, x in out.items()}
 
 

@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.cameras import OPENGL_TO_OPENCV, pixel_rays, quaternion_to_rotation, rotation_to_quaternion
+from ..data.cameras import OPENGL_TO_OPENCV, quaternion_to_rotation, rotation_to_quaternion
 from ..errors import UserError
 from ..fsutil import atomic_write_text
+from ..render.paths import slerp
+from ..render.run import image_rays
 from ..render.writers import depth_range, depth_to_color, to_uint8
 
 MODES = ("rgb", "mean depth", "median depth")
@@ -90,11 +92,7 @@ class RenderJob:
                  mode: str = "rgb", tag: object = None):
         self.model, self.camera, self.width, self.height, self.chunk = model, camera, width, height, chunk
         self.device, self.mode, self.tag = device, mode, tag
-        K = torch.as_tensor(camera.intrinsics(width, height)[None], dtype=torch.float32, device=device)
-        c2w = torch.as_tensor(np.asarray(camera.c2w, np.float32)[None], device=device)
-        v, u = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
-        cam = torch.zeros(height * width, dtype=torch.long, device=device)
-        self.rays = pixel_rays(K, c2w, None, cam, u.reshape(-1), v.reshape(-1))
+        self.rays = image_rays(camera.intrinsics(width, height), camera.c2w, None, width, height, device)
         self.done_rays = 0
         self.parts: dict[str, list[torch.Tensor]] = {"rgb": [], "mean_depth": [], "median_depth": []}
         self.seconds = 0.0
@@ -278,17 +276,6 @@ class ViewerCore:
 # ----------------------------------------------------------------------------- camera paths
 
 
-def _slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
-    dot = float(np.dot(q0, q1))
-    if dot < 0:
-        q1, dot = -q1, -dot
-    if dot > 0.9995:
-        q = q0 + t * (q1 - q0)
-        return q / np.linalg.norm(q)
-    angle = math.acos(dot)
-    return (math.sin((1 - t) * angle) * q0 + math.sin(t * angle) * q1) / math.sin(angle)
-
-
 def _catmull_rom(p0, p1, p2, p3, t: float) -> np.ndarray:
     """Uniform Catmull-Rom between p1 (t=0) and p2 (t=1)."""
     t2, t3 = t * t, t * t * t
@@ -342,7 +329,7 @@ class CameraPath:
             t = x - i
             idx = [(i + d) % len(keys) if self.loop else min(max(i + d, 0), len(keys) - 1) for d in (-1, 0, 1, 2)]
             p = _catmull_rom(*(pos[j] for j in idx), t)
-            R = quaternion_to_rotation(_slerp(quats[idx[1]], quats[idx[2]], t))
+            R = quaternion_to_rotation(slerp(quats[idx[1]], quats[idx[2]], t))
             fov = (1 - t) * keys[idx[1]].fov_y + t * keys[idx[2]].fov_y
             out.append(self._with_fov(ViewCamera(np.concatenate([R, p[:, None]], 1), fov,
                                                  self.width / self.height), fov))

@@ -527,8 +527,8 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
                     step % stop_check_every == 0 and distributed.any_flag(bool(sig["signum"]), device, env))
                 logging = step % tc.log_every == 0 or step == tc.max_steps
                 saving = step % tc.checkpoint_every == 0 or step == tc.max_steps or stop
-                validating = env.is_main and ((tc.val_every and step % tc.val_every == 0) or step == tc.max_steps)
-                if logging or saving or validating:
+                validating = bool(tc.val_every and step % tc.val_every == 0) or step == tc.max_steps
+                if logging or saving or validating:  # the same steps on every process: flush all-reduces
                     loss, data_, inter, distortion = flush(step)
                     status = f"loss {loss:.4f}  psnr {last_psnr:.2f}  lr {lr:.2e}"
                     if logging:
@@ -548,7 +548,7 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
                 if saving and (saved_at != step):
                     save(step)
                     saved_at = step
-                if validating:
+                if validating and env.is_main:
                     val = validate(model, cache, run, step, cfg.render.chunk_rays, device)
                     if val is not None:
                         val_psnr = val[0]

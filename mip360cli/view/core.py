@@ -185,7 +185,7 @@ class ViewerCore:
         return frame_size(camera.aspect, self.budget_s * self.rays_per_s, min(max_side, self.max_side))
 
     def _start_jobs(self, now: float) -> None:
-        for client, req in self.requests.items():
+        for client, req in list(self.requests.items()):  # the server thread may add clients meanwhile
             if client in self.jobs:
                 continue
             if not req.refined and req.moved_at is not None:
@@ -239,7 +239,7 @@ class ViewerCore:
     def refresh(self) -> None:
         """Render every client's view again (new weights, new mode)."""
         self.jobs.clear()
-        for req in self.requests.values():
+        for req in list(self.requests.values()):
             req.refined, req.moved_at = False, time.monotonic() - self.settle_s
 
     # -- the newest checkpoint of a run

@@ -124,7 +124,8 @@ class Viewer:
                 if thumb is not None:
                     handle.image = thumb
 
-        threading.Thread(target=load_thumbnails, name="mip360-thumbnails", daemon=True).start()
+        self._thumbnails = threading.Thread(target=load_thumbnails, name="mip360-thumbnails", daemon=True)
+        self._thumbnails.start()
 
     def _on_connect(self, client) -> None:
         self.clients[client.client_id] = client
@@ -138,7 +139,10 @@ class Viewer:
         def _(camera) -> None:
             self.core.request(client.client_id, self._client_camera(client), self._client_side(client))
 
-        self.core.request(client.client_id, self._client_camera(client), self._client_side(client))
+        try:
+            self.core.request(client.client_id, self._client_camera(client), self._client_side(client))
+        except AssertionError:  # the browser has not sent its camera yet: on_update will
+            pass
 
     @staticmethod
     def _client_camera(client) -> ViewCamera:
@@ -314,8 +318,9 @@ class Viewer:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in (self._thread, self._thumbnails):
+            if thread is not None:
+                thread.join(timeout=5)
         self.server.stop()
 
 

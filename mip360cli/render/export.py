@@ -157,8 +157,9 @@ def export_points(loaded: LoadedRun, out: Path, points: int = 1_000_000, split: 
             for i, view in enumerate(views):
                 r = render_image(loaded.model, view.K, view.c2w, None, view.width, view.height,
                                  loaded.cfg.render.chunk_rays, loaded.device)
-                np.savez(scratch / f"{i}.npz", rgb=np.clip(r["rgb"], 0, 1).astype(np.float32),
-                         acc=r["acc"].astype(np.float32), depth=r["median_depth"].astype(np.float32))
+                # 9 bytes a pixel on disk: colours as written to the PLY, opacity only compared to a threshold
+                np.savez(scratch / f"{i}.npz", rgb=np.round(np.clip(r["rgb"], 0, 1) * 255).astype(np.uint8),
+                         acc=r["acc"].astype(np.float16), depth=r["median_depth"].astype(np.float32))
                 bar.advance(1)
         view_data = lambda i: np.load(scratch / f"{i}.npz", allow_pickle=False)  # noqa: E731
         near_views = neighbours_of(np.array([v.c2w[:, 3] for v in views]), neighbours)
@@ -171,7 +172,7 @@ def export_points(loaded: LoadedRun, out: Path, points: int = 1_000_000, split: 
                 d = view_data(i)
                 depth, acc = d["depth"], d["acc"]
                 xyz = unproject(depth, view.K, view.c2w)
-                mask = (acc >= min_opacity) & (depth < 0.999 * far)
+                mask = (acc >= np.float16(min_opacity)) & (depth < 0.999 * far)
                 if bound > 0:
                     mask &= np.abs(xyz).max(-1) <= bound
                 idx = np.flatnonzero(mask)
@@ -215,7 +216,7 @@ def export_points(loaded: LoadedRun, out: Path, points: int = 1_000_000, split: 
         if nrm is not None:
             nrm = nrm @ np.linalg.inv(inv[:3, :3])  # normals transform by the inverse transpose
             nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12)
-    write_ply(out, xyz.astype(np.float32), np.round(rgb * 255).astype(np.uint8),
+    write_ply(out, xyz.astype(np.float32), rgb,
               None if nrm is None else nrm.astype(np.float32))
     frame = "normalized scene" if normalized else "input world (the dataset's own coordinates and units)"
     info(f"{len(xyz):,} points of {candidates:,} that passed the filters, from {len(views)} views -> {out}")

@@ -553,13 +553,17 @@ def checkpoint_upgrade_cmd(
         files = [path]
     else:
         raise UserError(f"{path} does not exist", hint="give a checkpoint file or a run folder")
-    if not trust:
-        raise UserError(f"not converting {len(files)} checkpoint(s) of {path}: converting unpickles them, which "
+    todo = [f for f in files if not ckpt.is_plain(f)]  # reading with weights_only=True runs nothing
+    for f in files:
+        if f not in todo:
+            typer.echo(f"already plain  {f}")
+    if todo and not trust:
+        raise UserError(f"not converting {len(todo)} checkpoint(s) of {path}: converting unpickles them, which "
                         "runs any code they name", hint="add --trust if you trust where they come from "
                                                         "(you or someone you trust wrote them)")
-    for f in files:
-        changed = ckpt.upgrade_checkpoint(f)
-        typer.echo(f"{'converted' if changed else 'already plain'}  {f}")
+    for f in todo:
+        ckpt.upgrade_checkpoint(f)
+        typer.echo(f"converted      {f}")
 
 
 def _relaunch(ctx: typer.Context, argv: list[str], gpus: int, what: str, hint: str, **kwargs) -> None:

@@ -18,7 +18,7 @@ def test_exported_points_lie_on_the_true_surfaces_in_input_coordinates(trained_e
     code, stdout, err = run_cli(["export", run, "--out", out, "--points", "20000", "--normals", "--device", "cpu"],
                                 capsys)
     assert code == 0, err
-    assert "input world" in stdout
+    assert "the input world" in stdout
     ply = read_ply(out)
     assert set(ply) == {"x", "y", "z", "nx", "ny", "nz", "red", "green", "blue"}
     xyz = _xyz(ply)

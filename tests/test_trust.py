@@ -84,6 +84,7 @@ def test_current_and_previous_version_checkpoints_load_with_weights_only(trained
     state = torch.load(last, weights_only=True)  # the current version writes only plain data
     ckpt.check_plain(state)
     assert main(["eval", str(run), "--device", "cpu"]) == 0
+    assert main(["checkpoint", "upgrade", str(run)]) == 0  # nothing to convert: no --trust needed
 
     # As the previous version wrote it: the compile wrappers' keys and a non-fused Adam's param groups
     old = dict(state)

@@ -218,6 +218,6 @@ def export_points(loaded: LoadedRun, out: Path, points: int = 1_000_000, split: 
             nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12)
     write_ply(out, xyz.astype(np.float32), rgb,
               None if nrm is None else nrm.astype(np.float32))
-    frame = "normalized scene" if normalized else "input world (the dataset's own coordinates and units)"
+    frame = "the normalized scene" if normalized else "the input world: the dataset's own coordinates and units"
     info(f"{len(xyz):,} points of {candidates:,} that passed the filters, from {len(views)} views -> {out}")
     return ExportSummary(out, len(xyz), candidates, len(views), frame)

@@ -144,19 +144,27 @@ def to_plain(value, where: str = "state"):
     raise TypeError(f"{where}: {type(value).__module__}.{type(value).__name__} has no plain equivalent")
 
 
+def is_plain(path: Path) -> bool:
+    """Whether ``torch.load(weights_only=True)`` reads the file (no upgrade needed)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return True
+    except pickle.UnpicklingError:
+        return False
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist") from None
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+
+
 def upgrade_checkpoint(path: Path) -> bool:
     """Rewrite a checkpoint the user trusts as tensors and plain data (atomically, in place).
 
     This is the one place mip360 unpickles a file with ``weights_only=False``: only for
     ``mip360 checkpoint upgrade --trust``. Returns False when it was plain already.
     """
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
+    if is_plain(path):
         return False
-    except pickle.UnpicklingError:
-        pass
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import json
 import os
 import signal
@@ -33,6 +32,7 @@ from ..render.writers import depth_range, depth_to_color, to_uint8, write_png
 from . import checkpoint as ckpt
 from . import distributed
 from .batches import Prefetcher, RayBatcher
+from .board import Board, tensorboard_enabled
 from .schedule import learning_rate
 
 
@@ -215,45 +215,6 @@ def start_viewer(model: Mip360, cache: RayCache, run: Path, device: torch.device
                     port=int(options.get("port", 7007)), background=False, title=f"mip360 · training {run.name}")
     info(f"viewer of the training at {viewer.url}")
     return TrainingViewer(viewer, share=options.get("share", 0.08))
-
-
-def tensorboard_enabled(setting: str | bool) -> bool:
-    """``train.tensorboard``: true, false, or auto (when the tensorboard package is installed)."""
-    if setting == "auto":
-        return importlib.util.find_spec("tensorboard") is not None
-    if setting is True and importlib.util.find_spec("tensorboard") is None:
-        raise UserError("train.tensorboard=true needs the tensorboard package", hint="pip install tensorboard")
-    return bool(setting)
-
-
-class Board:
-    """TensorBoard logs of a run (RUN/tensorboard/), or nothing when ``folder`` is None.
-
-    A resumed run purges the events after its checkpoint's step, as metrics.jsonl drops
-    its lines: the replayed steps are not logged twice.
-    """
-
-    def __init__(self, folder: Path | None, start_step: int):
-        self.writer = None
-        if folder is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(folder), purge_step=start_step + 1 if start_step else None)
-
-    def scalars(self, step: int, record: dict[str, float]) -> None:
-        if self.writer is not None:
-            for k, v in record.items():
-                self.writer.add_scalar(f"train/{k}", v, step)
-
-    def validation(self, step: int, psnr: float, panel: np.ndarray) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar("val/psnr", psnr, step)
-            self.writer.add_image("val/photo_render_depth", panel, step, dataformats="HWC")
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def compute_losses(levels: list[Level], gt: torch.Tensor, cfg: Config) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ import time
 import torch
 
 from mip360cli.config import load_config
-from mip360cli.model.model import Mip360
+from mip360cli.model.model import Mip360, compile_enabled
 from mip360cli.model.shapes import unaligned_gemms
 from mip360cli.train.loop import compute_losses, make_optimizer, train_step
 
@@ -114,6 +114,32 @@ def saved_bytes(cfg, rays: int, device: torch.device) -> float:
     return float(sum(seen.values()))
 
 
+def loop_rays_per_s(args, rays: int) -> float:
+    """rays/s that ``mip360 train`` logs on the example scene (after its first log window)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from mip360cli.config import CacheConfig, DataConfig
+    from mip360cli.data.cache import build_cache
+    from mip360cli.data.example import make_example
+    from mip360cli.train.loop import train
+
+    root = Path(tempfile.mkdtemp(prefix="mip360-loop-bench-"))
+    make_example(root / "scene", "colmap", 24, 96, 72)
+    cache = build_cache(root / "scene", DataConfig(), CacheConfig(bucket_rays=max(4096, rays)),
+                        out=root / "cache.h5").path
+    every = max(5, args.loop // 10)
+    cfg = load_config("tiny" if args.preset == "tiny" else "default", [
+        f"train.max_steps={args.loop}", f"train.batch_rays={rays}", f"train.log_every={every}", "train.val_every=0",
+        "train.checkpoint_every=1000000", "train.tensorboard=false", f"train.device={args.device}",
+        f"train.precision={args.precision}"])
+    train(cache, root / "run", cfg)
+    rates = [m["rays_per_s"] for m in map(json.loads, (root / "run" / "metrics.jsonl").read_text().splitlines())
+             if "rays_per_s" in m]
+    return statistics.mean(rates[1:-1] or rates)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=["tiny", "paper"], default="tiny")
@@ -126,6 +152,9 @@ def main() -> None:
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     ap.add_argument("--profile", action="store_true",
                     help="print a torch.profiler top-30 (by device time) of one step of the last mode and ray count")
+    ap.add_argument("--loop", type=int, default=0, metavar="STEPS",
+                    help="also run `mip360 train` for STEPS steps (example scene, same preset, rays and device) "
+                         "and print its rays/s against the step's")
     ap.add_argument("--recompute-proposal", choices=["config", "on", "off"], default="config")
     args = ap.parse_args()
 
@@ -214,6 +243,14 @@ def main() -> None:
     fixed = s1 - per_ray * r
     print(f"kept for backward {(fixed + per_ray * 16384) / 2**30:.2f} GiB per 16384-ray step "
           f"(eager, bf16 MLPs as on CUDA; {per_ray / 2**10:.1f} KiB per ray + {fixed / 2**20:.0f} MiB)")
+
+    if args.loop:
+        loop_rate = loop_rays_per_s(args, rays_list[-1])
+        default = "compiled" if compile_enabled(cfg.train.compile, device) else "eager"  # what the loop runs
+        mode = default if default in modes else modes[0]
+        step_rate = max(r[1] / r[2] for r in rows if r[1] == rays_list[-1] and r[0] == mode)
+        print(f"mip360 train      {loop_rate:,.0f} rays/s over {args.loop} steps ({rays_list[-1]} rays, {default} by "
+              f"default here): {loop_rate / step_rate:.1%} of the benchmark's {mode} step")
 
     torch.manual_seed(0)
     model, opt, loss_fn, params = build(cfg, device, bf16, False)

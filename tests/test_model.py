@@ -181,3 +181,36 @@ def test_heads_run_in_fp32_under_bf16_autocast():
     rgb = levels[-1].rgb
     assert rgb.dtype == torch.float32 and levels[-1].weights.dtype == torch.float32
     assert float(rgb.max()) == pytest.approx(1.001, abs=1e-6)
+
+
+def test_recomputing_the_proposal_mlp_gives_the_same_gradients_and_keeps_less(tiny):
+    """train.recompute_proposal: the proposal MLP's activations are recomputed in backward, not kept."""
+    cfg, _ = tiny
+    torch.manual_seed(0)
+    o = torch.rand(64, 3) * 0.5
+    d = torch.randn(64, 3)
+    vd = d / d.norm(dim=-1, keepdim=True)
+    gt, jitter = torch.rand(64, 3), torch.rand(64, 3)
+
+    def grads_and_kept(recompute: bool):
+        torch.manual_seed(1)
+        model = Mip360.from_config(cfg.model, cfg.data)
+        model.recompute_proposal = recompute
+        kept: dict[int, int] = {}
+
+        def pack(t):
+            kept.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = compute_losses(model(o, d, vd, train_frac=torch.tensor(0.3), jitter=jitter), gt, cfg)["loss"]
+        loss.backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters()}, sum(kept.values())
+
+    plain, kept_plain = grads_and_kept(False)
+    recomputed, kept_recomputed = grads_and_kept(True)
+    assert plain.keys() == recomputed.keys()
+    for k in plain:
+        assert torch.allclose(plain[k], recomputed[k], rtol=1e-5, atol=1e-7), k
+    assert any(plain[k].abs().max() > 0 for k in plain if k.startswith("proposal."))  # the proposal does learn
+    assert kept_recomputed < 0.8 * kept_plain, (kept_recomputed, kept_plain)

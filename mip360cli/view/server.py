@@ -329,7 +329,7 @@ class TrainingViewer:
 
     The loop calls :meth:`between_steps` after each step: the viewer earns ``share / (1 - share)``
     of the time since its last turn and spends it (a frame may take several turns); what a turn
-    overspends (one chunk at most) is paid back from the next ones.
+    overspends (one chunk, or a one-time compilation) is paid back from the next ones, up to 2 s.
     """
 
     def __init__(self, viewer: Viewer, share: float = 0.08, refresh_s: float = 5.0):
@@ -348,7 +348,9 @@ class TrainingViewer:
             t0 = time.perf_counter()
             self.viewer.work(self.credit)
             spent = time.perf_counter() - t0
-            self.credit -= spent
+            # Debt is paid back, but at most 2 s of it: a one-time cost (the first frame of a compiled model
+            # compiles its render shape) must not silence the viewer for minutes.
+            self.credit = max(self.credit - spent, -2.0)
             self.render_s += spent
         self.last = time.perf_counter()
 

@@ -153,29 +153,27 @@ class Mip360(nn.Module):
 
 
 def render_rays(model: Mip360, origins: torch.Tensor, directions: torch.Tensor, viewdirs: torch.Tensor,
-                chunk: int, depth: bool = True, fixed_chunks: bool | None = None) -> dict[str, torch.Tensor]:
+                chunk: int, depth: bool = True, pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """Render rays deterministically in chunks (memory bounded by ``chunk``), without gradients.
 
     Args:
         origins, directions, viewdirs: (R, 3).
-        fixed_chunks: pad the last chunk to ``chunk`` rays (repeating its last ray), so that
-            every call has one shape: a compiled model compiles once. Default: when the model
-            is compiled.
+        pad_to: pad a shorter chunk to this many rays (repeating its last ray), so that every
+            call has one shape: a compiled model compiles once. Default: min(chunk, R) when the
+            model is compiled (one shape per image size), else no padding.
     Returns:
         rgb (R, 3), acc (R,), and with ``depth`` mean_depth (R,), median_depth (R,).
     """
-    if fixed_chunks is None:
-        fixed_chunks = model.compiled
     n = origins.shape[0]
-    if fixed_chunks:
-        chunk = max(1, min(chunk, n))  # one shape per image size, no padding beyond the image
+    if pad_to is None:
+        pad_to = min(chunk, n) if getattr(model, "compiled", False) else 0
     out: dict[str, list[torch.Tensor]] = {"rgb": [], "acc": [], "mean_depth": [], "median_depth": []}
     with torch.inference_mode():
         for a in range(0, n, chunk):
             rays = [x[a:a + chunk] for x in (origins, directions, viewdirs)]
             real = rays[0].shape[0]
-            if fixed_chunks and real < chunk:
-                rays = [torch.cat([x, x[-1:].expand(chunk - real, 3)]) for x in rays]
+            if real < pad_to:
+                rays = [torch.cat([x, x[-1:].expand(pad_to - real, 3)]) for x in rays]
             last = model(*rays)[-1]
             out["rgb"].append(last.rgb[:real])
             out["acc"].append(last.weights.sum(-1)[:real])

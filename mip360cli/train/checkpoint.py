@@ -70,17 +70,20 @@ def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
     """
     check_plain(state)
     path = checkpoint_dir(run) / f"step_{step:07d}.pt"
-    # Serialized in memory first: torch.save's own writer turns a full disk into "unexpected pos", while a
-    # plain write raises ENOSPC, which atomic_path reports as one clear message.
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    _write(path, buf)
+    _write(path, state)
     for _, old in list_checkpoints(run)[:-keep]:
         old.unlink(missing_ok=True)
     return path
 
 
-def _write(path: Path, buf: io.BytesIO) -> None:
+def _write(path: Path, state: dict) -> None:
+    """``torch.save(state)`` to ``path`` atomically and durably.
+
+    Serialized in memory first: torch.save's own writer turns a full disk into "unexpected pos",
+    while a plain write raises ENOSPC, which atomic_path reports as one clear message.
+    """
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(buf.getbuffer())
@@ -119,8 +122,6 @@ def load_checkpoint(path: Path) -> dict:
 def to_plain(value, where: str = "state"):
     """``value`` with numpy arrays as tensors, numpy scalars as Python numbers, paths as strings, and
     OrderedDicts as dicts; TypeError for anything else that is not plain (:func:`check_plain`)."""
-    import collections
-
     import numpy as np
 
     if isinstance(value, torch.Tensor):
@@ -139,7 +140,7 @@ def to_plain(value, where: str = "state"):
     if isinstance(value, (list, tuple)):
         out = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return out if isinstance(value, list) else tuple(out)
-    if isinstance(value, (dict, collections.OrderedDict)):
+    if isinstance(value, dict):  # OrderedDict included
         return {to_plain(k, where): to_plain(v, f"{where}[{k!r}]") for k, v in value.items()}
     raise TypeError(f"{where}: {type(value).__module__}.{type(value).__name__} has no plain equivalent")
 
@@ -147,14 +148,10 @@ def to_plain(value, where: str = "state"):
 def is_plain(path: Path) -> bool:
     """Whether ``torch.load(weights_only=True)`` reads the file (no upgrade needed)."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
+        load_checkpoint(path)
         return True
-    except pickle.UnpicklingError:
+    except UntrustedCheckpoint:
         return False
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist") from None
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
 
 
 def upgrade_checkpoint(path: Path) -> bool:
@@ -175,9 +172,7 @@ def upgrade_checkpoint(path: Path) -> bool:
     except TypeError as e:
         raise UserError(f"checkpoint {path} cannot be converted: {e}",
                         hint="it was not written by mip360, or by a version that stored other objects") from None
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    _write(path, buf)
+    _write(path, state)
     return True
 
 

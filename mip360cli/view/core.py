@@ -109,13 +109,12 @@ class RenderJob:
         n = self.width * self.height
         while not self.finished:
             a, b = self.done_rays, min(self.done_rays + self.chunk, n)
-            rays = [x[a:b] for x in self.rays]
-            if getattr(self.model, "compiled", False) and b - a < self.chunk:  # one shape: no recompiles
-                rays = [torch.cat([x, x[-1:].expand(self.chunk - (b - a), 3)]) for x in rays]
-            out = render_rays(self.model, *rays, chunk=self.chunk, depth=self.mode != "rgb", fixed_chunks=False)
+            pad_to = self.chunk if getattr(self.model, "compiled", False) else 0  # one shape: no recompiles
+            out = render_rays(self.model, *(x[a:b] for x in self.rays), chunk=self.chunk,
+                              depth=self.mode != "rgb", pad_to=pad_to)
             for k in self.parts:
                 if k in out:
-                    self.parts[k].append(out[k][:b - a].float().cpu())
+                    self.parts[k].append(out[k].float().cpu())
             self.done_rays = b
             if time.perf_counter() - t0 >= seconds:
                 break

@@ -410,21 +410,16 @@ def view_cmd(
     """
     import time
 
-    import numpy as np
-
     from .view.core import ViewerCore
     from .view.server import ShownCameras, Viewer
 
     if budget_ms < 1 or max_res < 16 or chunk < 1:
         raise UserError("--budget-ms must be >= 1, --max-res >= 16 and --chunk >= 1")
     loaded = _load_for_render(run, checkpoint, device, {})
-    train_idx = loaded.train if len(loaded.train) else np.arange(len(loaded.cameras))
-    cams = loaded.cameras.select(train_idx)
     core = ViewerCore(loaded.model, loaded.device, chunk=chunk, budget_s=budget_ms / 1000, max_side=max_res,
                       run=None if checkpoint else run, checkpoint_step=loaded.step)
-    shown = ShownCameras(cams.K, cams.c2w, cams.width, cams.height, [str(p) for p in cams.image_paths])
-    viewer = Viewer(core, shown, loaded.transform, run / "camera_paths", host=host, port=port,
-                    title=f"mip360 · {run.name}")
+    viewer = Viewer(core, ShownCameras.training(loaded.cameras, loaded.train), loaded.transform,
+                    run / "camera_paths", host=host, port=port, title=f"mip360 · {run.name}")
     console.print(f"viewer of {run} (step {loaded.step}) at [bold]{viewer.url}[/bold]  (Ctrl-C to stop)",
                   soft_wrap=True)
     try:

@@ -137,10 +137,9 @@ def test_the_viser_server_serves_the_page_on_localhost(run, capsys):
     from mip360cli.view.server import ShownCameras, Viewer
 
     loaded = load_run(run, device=CPU)
-    cams = loaded.cameras.select(loaded.train)
     core = ViewerCore(loaded.model, CPU, chunk=4096)
-    viewer = Viewer(core, ShownCameras(cams.K, cams.c2w, cams.width, cams.height, list(map(str, cams.image_paths))),
-                    loaded.transform, run / "camera_paths", port=_free_port(), background=False)
+    viewer = Viewer(core, ShownCameras.training(loaded.cameras, loaded.train), loaded.transform,
+                    run / "camera_paths", port=_free_port(), background=False)
     try:
         assert viewer.url.startswith("http://localhost:")
         page = urllib.request.urlopen(viewer.url, timeout=10).read().decode()

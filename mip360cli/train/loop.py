@@ -208,11 +208,10 @@ def start_viewer(model: Mip360, cache: RayCache, run: Path, device: torch.device
     from ..view.core import ViewerCore
     from ..view.server import ShownCameras, TrainingViewer, Viewer
 
-    cams = cache.cameras.select(cache.train) if len(cache.train) else cache.cameras
     core = ViewerCore(model, device, chunk=min(cfg.render.chunk_rays, 4096), budget_s=options.get("budget_s", 0.1))
-    viewer = Viewer(core, ShownCameras(cams.K, cams.c2w, cams.width, cams.height, [str(p) for p in cams.image_paths]),
-                    cache.transform, run / "camera_paths", host=options.get("host", "127.0.0.1"),
-                    port=int(options.get("port", 7007)), background=False, title=f"mip360 · training {run.name}")
+    viewer = Viewer(core, ShownCameras.training(cache.cameras, cache.train), cache.transform, run / "camera_paths",
+                    host=options.get("host", "127.0.0.1"), port=int(options.get("port", 7007)), background=False,
+                    title=f"mip360 · training {run.name}")
     info(f"viewer of the training at {viewer.url}")
     return TrainingViewer(viewer, share=options.get("share", 0.08))
 

@@ -30,6 +30,12 @@ class ShownCameras:
     height: np.ndarray
     image_paths: list[str]
 
+    @classmethod
+    def training(cls, cameras, train: np.ndarray) -> "ShownCameras":
+        """The training cameras of a run or cache (all of them when there is no split)."""
+        cams = cameras.select(train) if len(train) else cameras
+        return cls(cams.K, cams.c2w, cams.width, cams.height, [str(p) for p in cams.image_paths])
+
 
 def check_host(host: str) -> None:
     """Say so when the viewer is reachable from other machines."""
@@ -135,12 +141,12 @@ class Viewer:
             client.camera.look_at = pos + self.cameras.c2w[0][:, 2]
             client.camera.fov = 2 * math.atan(0.5 * float(self.cameras.height[0]) / float(self.cameras.K[0][1, 1]))
 
-        @client.camera.on_update
-        def _(camera) -> None:
+        def request(_=None) -> None:
             self.core.request(client.client_id, self._client_camera(client), self._client_side(client))
 
+        client.camera.on_update(request)
         try:
-            self.core.request(client.client_id, self._client_camera(client), self._client_side(client))
+            request()
         except AssertionError:  # the browser has not sent its camera yet: on_update will
             pass
 

@@ -26,10 +26,11 @@ from mip360cli.data.example import ring_cameras
 from mip360cli.model.model import Mip360, compile_enabled
 from mip360cli.render.paths import ellipse_path
 from mip360cli.render.run import render_image
+from mip360cli.train.loop import resolve_device
 
 
 def child(preset: str, size: int, frames: int, device_name: str, chunk: int, compiled: str) -> dict:
-    device = torch.device(device_name)
+    device = resolve_device(device_name)  # as `mip360 render` does (on the CPU: malloc keeps freed memory)
     cfg = load_config("tiny" if preset == "tiny" else "default")
     torch.manual_seed(0)
     model = Mip360.from_config(cfg.model, cfg.data).to(device).eval()

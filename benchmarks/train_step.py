@@ -5,7 +5,10 @@ sampling through every level, both MLPs, compositing, the three losses,
 backward, clipping and fused Adam, with nothing read back to the host. For each
 ray count and mode it prints the step time, rays/s, the MLPs' FLOP rate inside
 the step and that rate as a fraction of a plain matmul of the NeRF MLP's shape
-(rays x samples, width) @ (width, width) in the MLPs' precision. Steps and
+(rays x samples, width) @ (width, width) in the MLPs' precision: torch.mm and, on
+the CPU, oneDNN's matmul (which the MLPs use there; torch.mm's MKL reaches half
+of it on some CPUs), the faster of the two, with the fraction of torch.mm in a
+last column. Steps and
 matmuls are timed in alternating rounds and the medians are kept, so that a
 shared or throttling machine moves both alike.
 
@@ -31,6 +34,8 @@ import time
 import torch
 
 from mip360cli.config import load_config
+from mip360cli.cpualloc import keep_freed_memory
+from mip360cli.model.linear import onednn_linear, uses_onednn
 from mip360cli.model.model import Mip360, compile_enabled
 from mip360cli.model.shapes import unaligned_gemms
 from mip360cli.train.loop import compute_losses, make_optimizer, train_step
@@ -156,9 +161,12 @@ def main() -> None:
                     help="also run `mip360 train` for STEPS steps (example scene, same preset, rays and device) "
                          "and print its rays/s against the step's")
     ap.add_argument("--recompute-proposal", choices=["config", "on", "off"], default="config")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (on the CPU, mip360 makes it keep freed memory)")
     args = ap.parse_args()
 
     device = torch.device(args.device)
+    kept = device.type == "cpu" and not args.system_malloc and keep_freed_memory()  # as resolve_device does
     cfg = load_config("tiny" if args.preset == "tiny" else "default")
     if args.recompute_proposal != "config":
         cfg.train.recompute_proposal = args.recompute_proposal == "on"
@@ -174,7 +182,8 @@ def main() -> None:
     dtype = torch.bfloat16 if bf16 else torch.float32
     width = cfg.model.nerf.width
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    print(f"device            {name} ({device.type}, {torch.get_num_threads()} threads), torch {torch.__version__}")
+    print(f"device            {name} ({device.type}, {torch.get_num_threads()} threads), torch {torch.__version__}"
+          + ("; malloc keeps freed memory" if kept else ""))
     print(f"preset            {args.preset}: prop {cfg.model.prop.depth}x{cfg.model.prop.width} on "
           f"{cfg.model.prop.samples}, nerf {cfg.model.nerf.depth}x{cfg.model.nerf.width} on "
           f"{cfg.model.nerf.samples}; {'bf16' if bf16 else 'fp32'} MLPs; proposal recomputed in backward: "
@@ -198,14 +207,20 @@ def main() -> None:
         m = rays * cfg.model.nerf.samples
         a = torch.randn(m, width, device=device, dtype=dtype)
         w = torch.randn(width, width, device=device, dtype=dtype)
-        timed(lambda: a @ w, device, 3)
+        refs = {"torch.mm": lambda: a @ w}
+        if uses_onednn(a, w):  # the CPU: oneDNN's matmul, which the MLPs use there, is a reference too
+            refs["oneDNN"] = lambda: onednn_linear(a, w, None)
+        for ref in refs.values():
+            timed(ref, device, 3)
         times: dict[str, list[float]] = {mode: [] for mode in modes}
-        mm: list[float] = []
+        ref_times: dict[str, list[float]] = {name: [] for name in refs}
         for _ in range(args.rounds):
             for mode in modes:
                 times[mode].append(timed(built[mode][1], device, steps))
-            mm.append(timed(lambda: a @ w, device, max(3, steps)))
-        mm_rate = 2 * m * width * width / statistics.median(mm)
+            for name, ref in refs.items():
+                ref_times[name].append(timed(ref, device, max(3, steps)))
+        ref_rates = {name: 2 * m * width * width / statistics.median(t) for name, t in ref_times.items()}
+        mm_rate = max(ref_rates.values())  # the fraction is of the fastest matmul measured
         if args.profile and rays == rays_list[-1]:
             from torch.profiler import ProfilerActivity, profile
 
@@ -223,18 +238,21 @@ def main() -> None:
             peak = None
             if device.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(device) / 2**30
-            rows.append((mode, rays, t_step, achieved, mm_rate, peak, setup_s))
+            rows.append((mode, rays, t_step, achieved, mm_rate, peak, setup_s, achieved / ref_rates["torch.mm"]))
         built = a = w = None  # free them before the next size
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    print(f"matmul reference  ({'rays'} x {cfg.model.nerf.samples} samples, {width}) @ ({width}, {width}), {dtype}")
+    print(f"matmul reference  ({'rays'} x {cfg.model.nerf.samples} samples, {width}) @ ({width}, {width}), {dtype}; "
+          + ", ".join(f"{name} {rate / 1e12:.3f} TFLOP/s" for name, rate in ref_rates.items())
+          + (" (last size); the fraction is of the faster" if len(ref_rates) > 1 else ""))
+    extra = len(ref_rates) > 1
     print(f"{'mode':9} {'rays':>6} {'step ms':>9} {'rays/s':>10} {'MLP TFLOP/s':>12} {'matmul TFLOP/s':>15} "
-          f"{'fraction':>9} {'peak GiB':>9} {'setup s':>8}")
-    for mode, rays, t_step, achieved, mm_rate, peak, setup_s in rows:
+          f"{'fraction':>9} {'peak GiB':>9} {'setup s':>8}" + (f" {'of torch.mm':>12}" if extra else ""))
+    for mode, rays, t_step, achieved, mm_rate, peak, setup_s, of_mm in rows:
         print(f"{mode:9} {rays:>6} {t_step * 1e3:>9.1f} {rays / t_step:>10,.0f} {achieved / 1e12:>12.3f} "
               f"{mm_rate / 1e12:>15.3f} {achieved / mm_rate:>9.1%} {'-' if peak is None else f'{peak:.2f}':>9} "
-              f"{setup_s:>8.1f}")
+              f"{setup_s:>8.1f}" + (f" {of_mm:>12.1%}" if extra else ""))
 
     # Kept for backward by an eager step, by shape: linear in rays plus a fixed part (bf16 weight copies).
     r = rays_list[0]

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import EncodingConfig, NerfConfig, ProposalConfig
+from .linear import Linear
 
 
 def pos_enc(x: torch.Tensor, n_freqs: int, append_identity: bool = True) -> torch.Tensor:
@@ -99,14 +100,14 @@ def view_encoding(viewdirs: torch.Tensor, n_freqs: int) -> torch.Tensor:
 
 
 def _linear(i: int, o: int, fan_in: int | None = None, used_in: int | None = None, used_out: int | None = None,
-            bias: bool = True) -> nn.Linear:
+            bias: bool = True) -> Linear:
     """He-uniform linear layer (``sqrt(6 / fan_in)``), zero bias.
 
     ``fan_in``: the true fan-in when the layer is one part of a split layer or its
     input is padded; weights of padding inputs (columns ``used_in:``) and of unused
     outputs (rows ``used_out:``) are zero.
     """
-    layer = nn.Linear(i, o, bias=bias)
+    layer = Linear(i, o, bias=bias)
     bound = math.sqrt(6.0 / (fan_in or used_in or i))
     with torch.no_grad():
         layer.weight.zero_()
@@ -166,7 +167,7 @@ class Trunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for layer in self.layers:
-            h = F.relu(layer(h, x) if isinstance(layer, SkipLinear) else layer(h))
+            h = F.relu(layer(h, x)) if isinstance(layer, SkipLinear) else layer(h, relu=True)
         return h
 
 

@@ -7,6 +7,7 @@ from typing import Callable
 from torch.utils._python_dispatch import TorchDispatchMode
 
 _GEMMS = {"mm", "addmm", "bmm", "baddbmm"}
+_ONEDNN = "_linear_pointwise"  # oneDNN's x @ W.T (+ b), the MLPs' matmul on the CPU (model/linear.py)
 
 
 class GemmShapes(TorchDispatchMode):
@@ -21,6 +22,9 @@ class GemmShapes(TorchDispatchMode):
         if name in _GEMMS:
             a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
             self.shapes.append((int(a.shape[-2]), int(a.shape[-1]), int(b.shape[-1])))
+        elif name == _ONEDNN:
+            x, w = args[0], args[1]  # x (..., k), w (n, k)
+            self.shapes.append((x.numel() // int(x.shape[-1]), int(x.shape[-1]), int(w.shape[0])))
         return func(*args, **(kwargs or {}))
 
 

@@ -19,6 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, config_hash, config_to_dict, save_config
+from ..cpualloc import keep_freed_memory
 from ..data.cache import RayCache, build_cache, default_cache_path, option_fields
 from ..data.cameras import Cameras, cameras_to_tensors, pixel_rays
 from ..errors import UserError
@@ -63,6 +64,17 @@ class TrainSummary:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` -> the device, or a UserError.
+
+    Work on the CPU also keeps freed memory in the process (``cpualloc.keep_freed_memory``).
+    """
+    device = _parse_device(name)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
+
+
+def _parse_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -72,3 +72,14 @@ def test_other_inputs_take_f_linear():
     x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
     layer.double()
     assert torch.autograd.gradcheck(lambda t: layer(t, relu=True), (x,))
+
+
+def test_without_gradients_the_layer_keeps_nothing():
+    """Rendering (no_grad) calls oneDNN directly and returns a tensor without a graph."""
+    torch.manual_seed(0)
+    layer = Linear(32, 64)
+    x = torch.randn(10, 32)
+    with torch.no_grad(), _Ops() as ops:
+        y = layer(x, relu=True)
+    assert ops.names == ["_linear_pointwise"] and y.grad_fn is None
+    torch.testing.assert_close(y, F.relu(F.linear(x, layer.weight, layer.bias)), rtol=1e-5, atol=1e-5)

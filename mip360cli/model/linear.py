@@ -95,6 +95,8 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         if uses_onednn(x, self.weight):
-            return _OneDNNLinear.apply(x, self.weight, self.bias, relu)
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                return _OneDNNLinear.apply(x, self.weight, self.bias, relu)
+            return onednn_linear(x, self.weight, self.bias, relu)  # rendering: nothing to keep for backward
         y = F.linear(x, self.weight, self.bias)
         return F.relu(y) if relu else y

@@ -3,7 +3,7 @@
 On the CPU, ``torch.mm``/``addmm`` run in MKL, which on some CPUs (AMD's, among
 them the project's 2-core EPYC machines) takes its AVX2 path and reaches about
 half of what the cores do: the NeRF MLP's (8192, 128) @ (128, 128) runs at
-0.19 TFLOP/s there against 0.40 TFLOP/s in oneDNN, the library PyTorch ships
+0.19-0.21 TFLOP/s there against 0.37-0.47 TFLOP/s in oneDNN, the library PyTorch ships
 for its own CPU kernels. ``benchmarks/train_step.py`` prints both rates.
 ``Linear`` uses oneDNN for the forward matmul (with the ReLU fused into it when
 asked) and for the input's gradient, and for the weight's gradient when the
@@ -24,11 +24,18 @@ from torch.nn import functional as F
 
 
 def _has_onednn() -> bool:
-    try:
-        torch.ops.mkldnn._linear_pointwise.default
-    except (AttributeError, RuntimeError):
+    """Whether oneDNN's linear is there and computes what F.linear does (the op is internal to PyTorch,
+    used by its compiler: a build without it, or one where it changed, falls back to F.linear)."""
+    if not torch.backends.mkldnn.is_available():
         return False
-    return torch.backends.mkldnn.is_available()
+    try:
+        x = torch.arange(32.0).reshape(2, 16) / 8 - 2
+        w = torch.linspace(-1, 1, 48).reshape(3, 16)
+        b = torch.tensor([0.5, -0.5, 0.0])
+        y = torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], "")
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+    return y.shape == (2, 3) and bool(torch.allclose(y, F.relu(F.linear(x, w, b)), atol=1e-5))
 
 
 _ONEDNN = _has_onednn()

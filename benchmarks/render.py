@@ -23,13 +23,13 @@ import torch
 from mip360cli.config import load_config
 from mip360cli.data.cameras import normalize_poses
 from mip360cli.data.example import ring_cameras
-from mip360cli.model.model import Mip360, compile_enabled
+from mip360cli.model.model import Mip360, chunk_rays, compile_enabled
 from mip360cli.render.paths import ellipse_path
 from mip360cli.render.run import render_image
 from mip360cli.train.loop import resolve_device
 
 
-def child(preset: str, size: int, frames: int, device_name: str, chunk: int, compiled: str) -> dict:
+def child(preset: str, size: int, frames: int, device_name: str, chunk: str, compiled: str) -> dict:
     device = resolve_device(device_name)  # as `mip360 render` does (on the CPU: malloc keeps freed memory)
     cfg = load_config("tiny" if preset == "tiny" else "default")
     torch.manual_seed(0)
@@ -39,6 +39,7 @@ def child(preset: str, size: int, frames: int, device_name: str, chunk: int, com
         torch.backends.cuda.matmul.allow_tf32 = True
     if compiled == "on" or (compiled == "auto" and compile_enabled("auto", device)):
         model.compile_forward()  # as `mip360 render` does for a run trained compiled (train.compile)
+    chunk = chunk_rays(chunk if chunk == "auto" else int(chunk), model, device)
     c2w, _ = normalize_poses(ring_cameras(16, size, size).c2w)
     poses = ellipse_path(c2w, frames + 1)
     K = np.array([[0.8 * size, 0, size / 2], [0, 0.8 * size, size / 2], [0, 0, 1]])
@@ -59,7 +60,7 @@ def child(preset: str, size: int, frames: int, device_name: str, chunk: int, com
     return {"preset": preset, "size": size, "frames": frames, "frames_per_s": frames / dt,
             "rays_per_s": frames * size * size / dt, "peak_mib": peak / 2**20,
             "memory": "GPU allocated" if device.type == "cuda" else "process RSS", "compiled": model.compiled,
-            "first_frame_s": setup}
+            "first_frame_s": setup, "chunk": chunk}
 
 
 def main() -> None:
@@ -68,7 +69,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--sizes", default="256,512")
     ap.add_argument("--frames", type=int, default=3)
-    ap.add_argument("--chunk", type=int, default=8192)
+    ap.add_argument("--chunk", default="auto", help="rays at once, or auto (render.chunk_rays) [auto]")
     ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                     help="compile the model (auto: on CUDA, as train.compile=auto) [auto]")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
@@ -87,7 +88,7 @@ def main() -> None:
               f"{r['rays_per_s']:,.0f} rays/s, peak {r['peak_mib']:.0f} MiB ({r['memory']}); "
               f"{'compiled' if r['compiled'] else 'eager'}, first frame {r['first_frame_s']:.1f} s", flush=True)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"device {name}, chunk {args.chunk} rays; peak memory ratio largest/smallest size: "
+    print(f"device {name}, chunk {rows[-1]['chunk']} rays ({args.chunk}); peak memory ratio largest/smallest size: "
           f"{rows[-1]['peak_mib'] / rows[0]['peak_mib']:.3f}")
 
 

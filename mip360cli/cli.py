@@ -262,8 +262,8 @@ def _render_overrides(overrides: list[str], ratio: float | None, depth: str | No
             flags[key] = value
         elif key.startswith("render."):
             extra[key] = convert_override(key, value, "render option")
-            if key == "render.chunk_rays" and extra[key] < 1:
-                raise UserError(f"render option '{text}': render.chunk_rays must be >= 1")
+            if key == "render.chunk_rays" and extra[key] != "auto" and extra[key] < 1:
+                raise UserError(f"render option '{text}': render.chunk_rays must be >= 1 or auto")
         else:
             raise UserError(f"unknown render option '{text}'", hint=RENDER_ALIASES_HELP)
     if depth is None and flags:
@@ -296,7 +296,7 @@ def _load_for_render(run: Path, checkpoint: Optional[Path], device: Optional[str
 
     loaded = load_run(run, checkpoint, resolve_device(device or "auto"))
     if "render.chunk_rays" in extra:
-        loaded.cfg.render.chunk_rays = int(extra["render.chunk_rays"])
+        loaded.cfg.render.chunk_rays = extra["render.chunk_rays"]
     return loaded
 
 
@@ -395,7 +395,8 @@ def view_cmd(
     budget_ms: int = typer.Option(100, "--budget-ms", help="Time for a frame while the camera moves (its size "
                                                            "follows); a still view is refined to full size."),
     max_res: int = typer.Option(1024, "--max-res", help="Longest side of a still frame."),
-    chunk: int = typer.Option(4096, "--chunk", help="Rays rendered at once."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="Rays rendered at once (at most 4096) [default: "
+                                                                 "the run's render.chunk_rays]."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file (default: the latest, "
                                                                          "reloaded as new ones appear)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
@@ -413,10 +414,10 @@ def view_cmd(
     from .view.core import ViewerCore
     from .view.server import ShownCameras, Viewer
 
-    if budget_ms < 1 or max_res < 16 or chunk < 1:
+    if budget_ms < 1 or max_res < 16 or (chunk is not None and chunk < 1):
         raise UserError("--budget-ms must be >= 1, --max-res >= 16 and --chunk >= 1")
     loaded = _load_for_render(run, checkpoint, device, {})
-    core = ViewerCore(loaded.model, loaded.device, chunk=chunk, budget_s=budget_ms / 1000, max_side=max_res,
+    core = ViewerCore(loaded.model, loaded.device, chunk=chunk or loaded.cfg.render.chunk_rays, budget_s=budget_ms / 1000, max_side=max_res,
                       run=None if checkpoint else run, checkpoint_step=loaded.step)
     viewer = Viewer(core, ShownCameras.training(loaded.cameras, loaded.train), loaded.transform,
                     run / "camera_paths", host=host, port=port, title=f"mip360 · {run.name}")

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,8 +168,10 @@ class TrainConfig:
 class RenderConfig:
     """Novel-view rendering."""
 
-    chunk_rays: int = 8192
-    """Rays rendered at once; bounds memory independently of image size."""
+    chunk_rays: int | Literal["auto"] = "auto"
+    """Rays rendered at once; bounds memory independently of image size. auto: 8192 on a GPU; on the CPU,
+    the power of two that keeps the MLPs' largest activation near 16 MiB (2048 rays for the tiny preset, 128
+    for the paper's), 2-4x faster there than chunks that do not fit the caches."""
 
 
 @dataclass
@@ -230,6 +233,8 @@ def _suggest(key: str, candidates: Sequence[str]) -> str:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (list, Sequence):
@@ -245,6 +250,13 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
         return UserError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}")
 
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # the first alternative that takes the value
+        for alternative in typing.get_args(tp):
+            try:
+                return _convert(value, alternative, key, where)
+            except UserError:
+                pass
+        raise bad()
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad()
@@ -510,7 +522,8 @@ def validate(cfg: Config) -> None:
          cfg.model.nerf.skip),
         (len(cfg.model.prop.samples) >= 1, "model.prop.samples needs at least one level",
          cfg.model.prop.samples),
-        (cfg.render.chunk_rays >= 1, "render.chunk_rays must be >= 1", cfg.render.chunk_rays),
+        (cfg.render.chunk_rays == "auto" or cfg.render.chunk_rays >= 1, "render.chunk_rays must be >= 1 or auto",
+         cfg.render.chunk_rays),
     ]
     m = cfg.model
     for key, value in (("model.nerf.width", m.nerf.width), ("model.nerf.depth", m.nerf.depth),

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from mip360cli.config import Config, load_config
+from mip360cli.errors import UserError
 from mip360cli.model import losses
 from mip360cli.model.fields import NerfMLP, PointEncoding, color_activation, density_activation
 from mip360cli.model.model import Mip360, render_rays
@@ -40,9 +41,37 @@ def test_chunked_rendering_equals_unchunked(tiny):
     o, d, vd = _rays(50)
     a = render_rays(model, o, d, vd, chunk=7)
     b = render_rays(model, o, d, vd, chunk=1000)
+    c = render_rays(model, o, d, vd, chunk="auto")
     for k in ("rgb", "acc", "mean_depth", "median_depth"):
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(c[k], b[k], atol=1e-6, rtol=1e-6)
     assert a["rgb"].shape == (50, 3) and a["median_depth"].shape == (50,)
+
+
+@pytest.mark.parametrize("preset, cpu", [("tiny", 2048), ("default", 128)])
+def test_render_chunk_auto_fits_the_cpu_caches_and_is_8192_on_a_gpu(preset, cpu):
+    """render.chunk_rays=auto: on the CPU, the largest activation of a chunk is 8-16 MiB; numbers are kept."""
+    from mip360cli.model.model import chunk_rays
+
+    cfg = load_config(preset)
+    assert cfg.render.chunk_rays == "auto"
+    model = Mip360.from_config(cfg.model, cfg.data)
+    assert chunk_rays("auto", model, torch.device("cpu")) == cpu
+    assert chunk_rays("auto", model, torch.device("cuda")) == 8192
+    assert chunk_rays(300, model, torch.device("cpu")) == 300
+    p, n = cfg.model.prop, cfg.model.nerf
+    floats = max(max(p.width, model.proposal.encoding.dim) * max(p.samples),
+                 max(n.width, model.nerf.encoding.dim) * n.samples)
+    assert 8 << 20 < cpu * floats * 4 <= 16 << 20
+
+
+def test_render_chunk_config_takes_a_number_or_auto():
+    assert load_config("tiny", ["render.chunk_rays=512"]).render.chunk_rays == 512
+    assert load_config("default", ["render.chunk_rays=auto"]).render.chunk_rays == "auto"
+    with pytest.raises(UserError, match="must be an integer or one of 'auto', got 'fast'"):
+        load_config("tiny", ["render.chunk_rays=fast"])
+    with pytest.raises(UserError, match="render.chunk_rays must be >= 1 or auto, got 0"):
+        load_config("tiny", ["render.chunk_rays=0"])
 
 
 def test_losses_reach_only_the_right_networks(tiny):

@@ -108,8 +108,11 @@ def image_rays(K: np.ndarray, c2w: np.ndarray, dist: np.ndarray | None, width: i
 
 
 def render_image(model: Mip360, K: np.ndarray, c2w: np.ndarray, dist: np.ndarray | None, width: int, height: int,
-                 chunk: int, device: torch.device) -> dict[str, np.ndarray]:
-    """Render one camera: rgb (H, W, 3), acc, mean_depth, median_depth (H, W), float32 numpy, scene units."""
+                 chunk: int | str, device: torch.device) -> dict[str, np.ndarray]:
+    """Render one camera: rgb (H, W, 3), acc, mean_depth, median_depth (H, W), float32 numpy, scene units.
+
+    ``chunk``: rays at once, or ``auto`` (``render.chunk_rays``, see :func:`~mip360cli.model.model.chunk_rays`).
+    """
     out = render_rays(model, *image_rays(K, c2w, dist, width, height, device), chunk)
     return {k: x.float().cpu().numpy().reshape(height, width, *x.shape[1:]) for k, x in out.items()}
 

@@ -220,7 +220,7 @@ def start_viewer(model: Mip360, cache: RayCache, run: Path, device: torch.device
     from ..view.core import ViewerCore
     from ..view.server import ShownCameras, TrainingViewer, Viewer
 
-    core = ViewerCore(model, device, chunk=min(cfg.render.chunk_rays, 4096), budget_s=options.get("budget_s", 0.1))
+    core = ViewerCore(model, device, chunk=cfg.render.chunk_rays, budget_s=options.get("budget_s", 0.1))
     viewer = Viewer(core, ShownCameras.training(cache.cameras, cache.train), cache.transform, run / "camera_paths",
                     host=options.get("host", "127.0.0.1"), port=int(options.get("port", 7007)), background=False,
                     title=f"mip360 · training {run.name}")
@@ -267,7 +267,7 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, 
     return finite, terms
 
 
-def validate(model: Mip360, cache: RayCache, run: Path, step: int, chunk: int,
+def validate(model: Mip360, cache: RayCache, run: Path, step: int, chunk: int | str,
              device: torch.device) -> tuple[float, np.ndarray] | None:
     """Render held-out view 0; write GT | render | depth to RUN/val/; return its PSNR and the panel
     (H, 3W, 3) uint8."""

@@ -154,10 +154,13 @@ class ViewerCore:
         run: the run folder, when checkpoints should be reloaded as they appear (else None).
     """
 
-    def __init__(self, model, device: torch.device, chunk: int = 4096, budget_s: float = 0.1,
+    def __init__(self, model, device: torch.device, chunk: int | str = "auto", budget_s: float = 0.1,
                  max_side: int = 1024, settle_s: float = 0.25, run: Path | None = None,
                  checkpoint_step: int | None = None, lock: threading.Lock | None = None):
-        self.model, self.device, self.chunk = model, device, chunk
+        from ..model.model import chunk_rays
+
+        # small pieces of work, so that a frame's time can be spread between training steps
+        self.model, self.device, self.chunk = model, device, min(chunk_rays(chunk, model, device), 4096)
         self.budget_s, self.max_side, self.settle_s = budget_s, max_side, settle_s
         self.mode = "rgb"
         self.rays_per_s = 20_000.0  # first guess; measured from then on

@@ -80,7 +80,8 @@ def main() -> None:
     rows = []
     for size in map(int, args.sizes.split(",")):
         out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--device", args.device,
-                              "--frames", str(args.frames), "--chunk", str(args.chunk), "--compile", args.compile, "--child", str(size)],
+                              "--frames", str(args.frames), "--chunk", str(args.chunk), "--compile", args.compile,
+                              "--child", str(size)],
                              capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         r = rows[-1]

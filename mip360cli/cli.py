@@ -417,8 +417,9 @@ def view_cmd(
     if budget_ms < 1 or max_res < 16 or (chunk is not None and chunk < 1):
         raise UserError("--budget-ms must be >= 1, --max-res >= 16 and --chunk >= 1")
     loaded = _load_for_render(run, checkpoint, device, {})
-    core = ViewerCore(loaded.model, loaded.device, chunk=chunk or loaded.cfg.render.chunk_rays, budget_s=budget_ms / 1000, max_side=max_res,
-                      run=None if checkpoint else run, checkpoint_step=loaded.step)
+    core = ViewerCore(loaded.model, loaded.device, chunk=chunk or loaded.cfg.render.chunk_rays,
+                      budget_s=budget_ms / 1000, max_side=max_res, run=None if checkpoint else run,
+                      checkpoint_step=loaded.step)
     viewer = Viewer(core, ShownCameras.training(loaded.cameras, loaded.train), loaded.transform,
                     run / "camera_paths", host=host, port=port, title=f"mip360 · {run.name}")
     console.print(f"viewer of {run} (step {loaded.step}) at [bold]{viewer.url}[/bold]  (Ctrl-C to stop)",

@@ -272,6 +272,15 @@ def _render_overrides(overrides: list[str], ratio: float | None, depth: str | No
     return ratio, depth, extra
 
 
+def _render_keys(overrides: list[str], ratio: float | None, command: str) -> tuple[float | None, dict]:
+    """``KEY=VALUE`` of commands that render without writing frames (eval, export): render.* keys
+    (``render.chunk_rays``) and ``ratio=R``; depth flags belong to ``mip360 render``."""
+    ratio, depth, extra = _render_overrides(overrides, ratio, None)
+    if depth is not None:
+        raise UserError(f"{command} takes no vis_depth_map / vis_median_depth", hint="they are options of render")
+    return ratio, extra
+
+
 def _check_buckets(data: Path, cfg, explicit: set[str], processes: int) -> None:
     """Before starting processes: a cache with fewer buckets than processes is an error here, in one message,
     not one per process under torchrun's traceback."""
@@ -353,9 +362,14 @@ def render_cmd(
             typer.echo(f"video      {v}")
 
 
+RENDER_KEYS_HELP = "render.chunk_rays=N|auto (rays at once; default: the run's), ratio=R."
+
+
 @app.command("eval")
 def eval_cmd(
     run: Path = typer.Argument(..., help="A run folder made by `mip360 train`."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=RENDER_KEYS_HELP,
+                                                    show_default=False),
     split: Optional[str] = typer.Option(None, "--split", help="test (held-out views) | train "
                                                               "(default: eval.split of the run, test)."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Image scale against the original photos "
@@ -371,8 +385,9 @@ def eval_cmd(
 
     if split not in (None, "test", "train"):
         raise UserError(f"--split {split!r}: choose test or train")
+    ratio, extra = _render_keys(overrides or [], ratio, "eval")
     _check_ratio(ratio)
-    loaded = _load_for_render(run, checkpoint, device, {})
+    loaded = _load_for_render(run, checkpoint, device, extra)
     split = split or loaded.cfg.eval.split
     result = evaluate(loaded, split, ratio)
     table = Table(title=f"{run} · step {result['step']} · {split} · ratio {result['ratio']}")
@@ -434,6 +449,8 @@ def view_cmd(
 @app.command("export")
 def export_cmd(
     run: Path = typer.Argument(..., help="A run folder made by `mip360 train`."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=RENDER_KEYS_HELP,
+                                                    show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The PLY file (default: RUN/export/points.ply)."),
     points: int = typer.Option(1_000_000, "--points", "-n", help="At most this many points (a random subset)."),
     split: str = typer.Option("train", "--split", help="Views to take depth from: train | test | all."),
@@ -465,8 +482,9 @@ def export_cmd(
 
     if split not in ("train", "test", "all"):
         raise UserError(f"--split {split!r}: choose train, test or all")
+    ratio, extra = _render_keys(overrides or [], ratio, "export")
     _check_ratio(ratio)
-    loaded = _load_for_render(run, checkpoint, device, {})
+    loaded = _load_for_render(run, checkpoint, device, extra)
     out = out or run / "export" / "points.ply"
     summary = export_points(loaded, out, points, split, ratio, min_opacity, tolerance, neighbours, min_agree,
                             bound, normals, normalized)

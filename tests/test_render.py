@@ -232,6 +232,10 @@ def test_render_test_views_and_eval(trained_run, capsys):
     assert m["per_image"][0]["psnr"] == pytest.approx(ref, abs=1e-4)
     assert main(["eval", str(trained_run), "--split", "train"]) == 0
     assert json.loads((trained_run / "eval" / "metrics.json").read_text())["views"] == 14
+    # render.chunk_rays on the command line (an earlier run keeps its number in config.yaml): the same scores
+    assert main(["eval", str(trained_run), "render.chunk_rays=7"]) == 0
+    m7 = json.loads((trained_run / "eval" / "metrics.json").read_text())
+    assert [r["psnr"] for r in m7["per_image"]] == pytest.approx([r["psnr"] for r in m["per_image"]], abs=1e-4)
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -242,6 +246,9 @@ def test_render_test_views_and_eval(trained_run, capsys):
     (["render", "{run}", "--depth", "deep"], "choose none, mean or median"),
     (["render", "{run}", "colour=1"], "unknown render option"),
     (["eval", "{run}", "--split", "val"], "choose test or train"),
+    (["eval", "{run}", "render.chunk=64"], "did you mean 'render.chunk_rays'"),
+    (["eval", "{run}", "render.chunk_rays=0"], "render.chunk_rays must be >= 1 or auto"),
+    (["export", "{run}", "vis_depth_map=true"], "export takes no vis_depth_map"),
 ])
 def test_bad_render_inputs(trained_run, tmp_path, capsys, argv, needle):
     argv = [a.format(tmp=tmp_path, run=trained_run) for a in argv]

@@ -39,7 +39,7 @@ def child(preset: str, size: int, frames: int, device_name: str, chunk: str, com
         torch.backends.cuda.matmul.allow_tf32 = True
     if compiled == "on" or (compiled == "auto" and compile_enabled("auto", device)):
         model.compile_forward()  # as `mip360 render` does for a run trained compiled (train.compile)
-    chunk = chunk_rays(chunk if chunk == "auto" else int(chunk), model, device)
+    chunk = chunk_rays(chunk, model, device)  # "auto" or a number
     c2w, _ = normalize_poses(ring_cameras(16, size, size).c2w)
     poses = ellipse_path(c2w, frames + 1)
     K = np.array([[0.8 * size, 0, size / 2], [0, 0.8 * size, size / 2], [0, 0, 1]])

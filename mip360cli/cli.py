@@ -239,7 +239,7 @@ def train_cmd(
 
 
 RENDER_ALIASES_HELP = ("Aliases of the earlier port: ratio=R, vis_depth_map=true (mean depth), "
-                       "vis_median_depth=true (median depth); or render.chunk_rays=N.")
+                       "vis_median_depth=true (median depth); or render.chunk_rays=N|auto.")
 
 
 def _render_overrides(overrides: list[str], ratio: float | None, depth: str | None) -> tuple[float | None, str | None,

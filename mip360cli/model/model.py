@@ -174,7 +174,7 @@ def chunk_rays(setting: int | str, model: Mip360, device: torch.device) -> int:
     floats = max(max(prop.width, model.proposal.encoding.dim) * max(prop.samples),
                  max(nerf.width, model.nerf.encoding.dim) * nerf.samples)
     rays = CPU_CHUNK_BYTES // (4 * floats)
-    return min(8192, max(64, 1 << max(rays, 1).bit_length() - 1))
+    return min(8192, max(64, 1 << (max(rays, 1).bit_length() - 1)))  # the power of two <= rays
 
 
 def render_rays(model: Mip360, origins: torch.Tensor, directions: torch.Tensor, viewdirs: torch.Tensor,

@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.resources
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -200,7 +202,19 @@ ALIASES: dict[str, str] = {
     "test_every": "data.test_every",
 }
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _preset_dir() -> Path:
+    """The folder of the presets: the installed package ``mip360cli.configs`` (the repository's
+    ``configs/``, mapped into the package by pyproject.toml), or ``configs/`` beside the package
+    in a source checkout run without installing it (``PYTHONPATH=.``)."""
+    try:
+        return Path(os.fspath(importlib.resources.files("mip360cli.configs")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = _preset_dir()
 
 
 # ----------------------------------------------------------------------------- schema walking

@@ -23,10 +23,11 @@ import torch
 from mip360cli.config import load_config
 from mip360cli.data.cameras import normalize_poses
 from mip360cli.data.example import ring_cameras
-from mip360cli.model.model import Mip360, chunk_rays, compile_enabled
+from mip360cli.core.device import compile_enabled
+from mip360cli.model.model import Mip360, chunk_rays
 from mip360cli.render.paths import ellipse_path
 from mip360cli.render.run import render_image
-from mip360cli.train.loop import resolve_device
+from mip360cli.core.device import resolve_device
 
 
 def child(preset: str, size: int, frames: int, device_name: str, chunk: str, compiled: str) -> dict:

@@ -34,9 +34,10 @@ import time
 import torch
 
 from mip360cli.config import load_config
-from mip360cli.cpualloc import keep_freed_memory
+from mip360cli.core.cpualloc import keep_freed_memory
 from mip360cli.model.linear import onednn_linear, uses_onednn
-from mip360cli.model.model import Mip360, compile_enabled
+from mip360cli.core.device import compile_enabled
+from mip360cli.model.model import Mip360
 from mip360cli.model.shapes import unaligned_gemms
 from mip360cli.train.loop import compute_losses, make_optimizer, train_step
 

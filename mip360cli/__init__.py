@@ -1,3 +1,5 @@
 """mip360: Mip-NeRF 360 in PyTorch as a command-line toolkit."""
 
-__version__ = "0.1.0"
+from .core.version import __version__
+
+__all__ = ["__version__"]

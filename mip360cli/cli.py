@@ -11,9 +11,9 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from . import __version__
-from .errors import UserError
-from .progress import console
+from .core.version import __version__
+from .core.errors import UserError
+from .core.progress import console
 
 OVERRIDES_HELP = ("Config overrides as dotted key=value, e.g. data.ratio=0.5 cache.workers=8 "
                   "(aliases: ratio, frame_interval, test_every).")
@@ -59,7 +59,7 @@ def example_cmd(
 ) -> None:
     """Write a small procedural 360-degree scene (images, cameras, ground-truth depth)."""
     from .data.example import FORMATS, make_example
-    from .progress import progress_bar
+    from .core.progress import progress_bar
 
     if format not in FORMATS:
         raise UserError(f"unknown format '{format}'", hint=f"choose one of: {', '.join(FORMATS)}")
@@ -202,7 +202,7 @@ def train_cmd(
     """
     from .config import explicit_keys, load_config
     from .train import checkpoint as ckpt
-    from .train import distributed
+    from .core import distributed
     from .train.loop import Interrupted, train
 
     cfg = load_config(config, overrides or [], {"train.device": device})
@@ -301,7 +301,7 @@ def _check_ratio(ratio: float | None) -> None:
 
 def _load_for_render(run: Path, checkpoint: Optional[Path], device: Optional[str], extra: dict):
     from .render.run import load_run
-    from .train.loop import resolve_device
+    from .core.device import resolve_device
 
     loaded = load_run(run, checkpoint, resolve_device(device or "auto"))
     if "render.chunk_rays" in extra:
@@ -334,7 +334,7 @@ def render_cmd(
     Frames already written are skipped, so an interrupted render resumes.
     """
     from .render.run import render_path
-    from .train import distributed
+    from .core import distributed
 
     ratio, depth, extra = _render_overrides(overrides or [], ratio, depth)
     depth = depth or "median"
@@ -503,7 +503,7 @@ def demo_cmd(
     from .config import load_config
     from .data.cache import build_cache
     from .data.example import make_example
-    from .progress import progress_bar
+    from .core.progress import progress_bar
     from .render.run import evaluate, render_path
     from .train.loop import CannotResume, train
 
@@ -583,7 +583,7 @@ def checkpoint_upgrade_cmd(
 
 def _relaunch(ctx: typer.Context, argv: list[str], gpus: int, what: str, hint: str, **kwargs) -> None:
     """Run ``mip360 ARGV`` again under torch.distributed.run with ``gpus`` processes per machine."""
-    from .train import distributed
+    from .core import distributed
 
     debug = bool(ctx.obj and ctx.obj.get("debug"))
     code = distributed.relaunch(argv + (["--debug"] if debug else []), gpus, **kwargs)

@@ -25,8 +25,8 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
-from .errors import UserError
-from .fsutil import atomic_write_text
+from .core.errors import UserError
+from .core.files import atomic_write_text
 
 FORMATS = ("auto", "colmap", "llff", "transforms", "easymocap")
 
@@ -425,7 +425,7 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = (), root: Path | None 
             raise UserError(f"{path}: base '{base}' ({base_path}) is outside {root}; mip360 does not follow it "
                             "here", hint="a run's config.yaml is written without a base: restore it from the "
                                          "run's checkpoint or train the run again")
-        from .progress import info
+        from .core.progress import info
 
         info(f"config {path} takes its base from {base_path}, outside {root}")
     return _deep_merge(_load_yaml_chain(base_path, seen + (path,), root, outside_base), data)

@@ -10,7 +10,7 @@ from mip360cli.config import CacheConfig, DataConfig
 from mip360cli.data import cache as cache_mod
 from mip360cli.data.cache import RayCache, build_cache
 from mip360cli.data.images import read_image
-from mip360cli.errors import UserError
+from mip360cli.core.errors import UserError
 
 from conftest import HEIGHT, N_IMAGES, WIDTH
 

@@ -4,7 +4,7 @@ import torch
 
 from mip360cli.data.cameras import (Cameras, distort, normalize_poses, pixel_rays, split_indices, undistort,
                                     check_poses, undistort_pixels_cv2)
-from mip360cli.errors import UserError
+from mip360cli.core.errors import UserError
 
 
 def _K(fx, fy, cx, cy):

@@ -16,7 +16,7 @@ from mip360cli.data.cache import RayCache
 from mip360cli.data.example import make_example
 from mip360cli.data.formats import colmap, llff, read_cameras
 from mip360cli.data.images import image_size, read_image
-from mip360cli.errors import UserError
+from mip360cli.core.errors import UserError
 
 
 

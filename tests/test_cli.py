@@ -173,7 +173,7 @@ def test_disk_full(colmap_scene, capsys, monkeypatch):
 
 
 def test_debug_shows_the_traceback(colmap_scene, capsys):
-    from mip360cli.errors import UserError
+    from mip360cli.core.errors import UserError
 
     with pytest.raises(UserError):
         main(["preprocess", str(colmap_scene), "--debug", "data.ration=1"])

@@ -5,7 +5,7 @@ import yaml
 
 from mip360cli.config import (Config, config_from_dict, config_to_dict, dotted_keys, load_config,
                               parse_override, save_config)
-from mip360cli.errors import UserError
+from mip360cli.core.errors import UserError
 
 
 def test_defaults_are_the_papers_numbers():

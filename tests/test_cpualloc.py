@@ -10,7 +10,7 @@ import pytest
 _PROBE = """
 import resource, sys, torch
 from mip360cli.config import load_config
-from mip360cli.cpualloc import keep_freed_memory
+from mip360cli.core.cpualloc import keep_freed_memory
 from mip360cli.model.model import Mip360
 from mip360cli.train.loop import compute_losses
 
@@ -54,7 +54,7 @@ def test_keep_freed_memory_stops_page_faults_of_training_steps():
 
 
 def test_resolve_device_cpu_keeps_freed_memory():
-    out = subprocess.run([sys.executable, "-c", "from mip360cli.train.loop import resolve_device; "
-                          "from mip360cli import cpualloc; resolve_device('cpu'); print(cpualloc._done)"],
+    out = subprocess.run([sys.executable, "-c", "from mip360cli.core.device import resolve_device; "
+                          "from mip360cli.core import cpualloc; resolve_device('cpu'); print(cpualloc._done)"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == ("True" if sys.platform.startswith("linux") else "False")

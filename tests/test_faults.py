@@ -24,7 +24,7 @@ run = run_cli
 
 def _hold_lock(lock: Path) -> subprocess.Popen:
     """Another process holding ``lock`` as a running mip360 would."""
-    code = ("import sys, time; from mip360cli.fsutil import process_lock\n"
+    code = ("import sys, time; from mip360cli.core.files import process_lock\n"
             f"with process_lock({str(lock)!r}, 'x'):\n    print('held', flush=True); time.sleep(120)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"

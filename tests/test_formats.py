@@ -9,7 +9,7 @@ from mip360cli.config import DataConfig
 from mip360cli.data.example import make_example, ring_cameras
 from mip360cli.data.formats import colmap, detect_format, read_cameras
 from mip360cli.data.scene import load_scene
-from mip360cli.errors import UserError
+from mip360cli.core.errors import UserError
 
 from conftest import HEIGHT, N_IMAGES, WIDTH
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from mip360cli.config import DataConfig, load_config
 from mip360cli.data.example import make_example
 from mip360cli.data.scene import load_scene
-from mip360cli.errors import UserError
+from mip360cli.core.errors import UserError
 from mip360cli.render.paths import load_path_file
 
 MAX_EXAMPLES = int(os.environ.get("MIP360_FUZZ_EXAMPLES", "40"))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mip360cli.config import Config, load_config
-from mip360cli.errors import UserError
+from mip360cli.core.errors import UserError
 from mip360cli.model import losses
 from mip360cli.model.fields import NerfMLP, PointEncoding, color_activation, density_activation
 from mip360cli.model.model import Mip360, render_rays

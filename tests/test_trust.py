@@ -11,7 +11,7 @@ import torch
 from mip360cli.config import CacheConfig, DataConfig, load_config
 from mip360cli.data.cache import build_cache
 from mip360cli.data.example import make_example
-from mip360cli.errors import UserError
+from mip360cli.core.errors import UserError
 from mip360cli.train import checkpoint as ckpt
 from mip360cli.train.loop import train
 

@@ -47,11 +47,11 @@ from typing import Callable, Iterable, Iterator
 import h5py
 import numpy as np
 
-from .. import __version__
+from ..core.version import __version__
 from ..config import CacheConfig, DataConfig
-from ..errors import UserError
-from ..fsutil import atomic_path, ensure_writable_dir, leftover_temp_files, process_lock
-from ..progress import info, progress_bar
+from ..core.errors import UserError
+from ..core.files import atomic_path, ensure_writable_dir, leftover_temp_files, process_lock
+from ..core.progress import info, progress_bar
 from .cameras import Cameras
 from .images import decode_image, resize_area
 from .scene import Scene, check_image_size, load_scene

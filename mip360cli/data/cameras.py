@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 @dataclass(frozen=True)

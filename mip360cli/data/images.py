@@ -10,7 +10,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -32,8 +32,8 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from ..errors import UserError
-from ..progress import info, progress_bar, warn
+from ..core.errors import UserError
+from ..core.progress import info, progress_bar, warn
 from .images import IMAGE_EXTENSIONS, file_orientation, list_images, read_image
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mts", ".3gp")

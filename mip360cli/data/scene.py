@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from ..errors import UserError
+from ..core.errors import UserError
 from .cameras import Cameras, check_intrinsics, check_poses, normalize_poses, split_indices
 from .formats import read_cameras
-from ..progress import warn
+from ..core.progress import warn
 from .images import image_size
 
 

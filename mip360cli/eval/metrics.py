@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def psnr(img: np.ndarray, gt: np.ndarray) -> float:

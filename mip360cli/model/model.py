@@ -44,11 +44,6 @@ def load_plain_state(model: "Mip360", state: dict) -> None:
     model.load_state_dict({target.get(k, k): v for k, v in state.items()})
 
 
-def compile_enabled(setting: str | bool, device: torch.device) -> bool:
-    """``train.compile``: true, false, or auto (CUDA only: on the CPU compiled steps are slower)."""
-    return setting is True or (setting == "auto" and device.type == "cuda")
-
-
 def dilations(samples: list[int], bias: float, multiplier: float) -> list[float]:
     """Max-dilation applied before each level after the first (ALGORITHM.md 3).
 

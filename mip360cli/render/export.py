@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..fsutil import atomic_path
-from ..progress import info, progress_bar
+from ..core.errors import UserError
+from ..core.files import atomic_path
+from ..core.progress import info, progress_bar
 from .run import LoadedRun, View, path_views, render_image
 
 

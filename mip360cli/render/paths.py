@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.cameras import OPENGL_TO_OPENCV, look_at, quaternion_to_rotation, rotation_to_quaternion
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def focus_point(c2w: np.ndarray) -> np.ndarray:

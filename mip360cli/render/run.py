@@ -17,13 +17,14 @@ from ..config import Config, config_hash, load_config
 from ..data.cache import RayCache
 from ..data.cameras import Cameras, pixel_rays
 from ..data.images import read_image, resize_area
-from ..errors import UserError
+from ..core.errors import UserError
 from ..eval import metrics
-from ..fsutil import atomic_write_text
-from ..model.model import Mip360, compile_enabled, load_plain_state, render_rays
-from ..progress import info, progress_bar
+from ..core.files import atomic_write_text
+from ..core.device import compile_enabled, mlp_dtype
+from ..model.model import Mip360, load_plain_state, render_rays
+from ..core.progress import info, progress_bar
 from ..train import checkpoint as ckpt
-from ..train import distributed
+from ..core import distributed
 from . import paths as path_mod
 from .writers import depth_range, depth_to_color, to_uint8, write_npy, write_png, write_video
 
@@ -74,8 +75,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torc
         raise UserError(f"checkpoint {checkpoint} does not fit the model of {run / 'config.yaml'}: "
                         f"{str(e).splitlines()[0]}") from None
     model.to(device).eval()
-    if device.type == "cuda" and cfg.train.precision in ("auto", "bf16"):  # the precision it was trained in
-        model.mlp_dtype = torch.bfloat16
+    model.mlp_dtype = mlp_dtype(cfg.train.precision, device)  # the precision it was trained in
     if compile_enabled(cfg.train.compile, device):  # compiled as in training, in fixed-size chunks
         model.compile_forward()
     try:

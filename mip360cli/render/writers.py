@@ -8,8 +8,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from ..errors import UserError
-from ..fsutil import atomic_path
+from ..core.errors import UserError
+from ..core.files import atomic_path
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..data.cache import RayCache
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def too_few_buckets(path, n_buckets: int, n_rays: int, processes: int) -> UserError:

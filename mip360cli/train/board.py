@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def tensorboard_enabled(setting: str | bool) -> bool:

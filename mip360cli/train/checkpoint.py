@@ -10,8 +10,8 @@ from pathlib import Path, PurePath
 
 import torch
 
-from ..errors import UserError
-from ..fsutil import atomic_path
+from ..core.errors import UserError
+from ..core.files import atomic_path
 
 PATTERN = re.compile(r"step_(\d+)\.pt$")
 

@@ -19,19 +19,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, config_hash, config_to_dict, save_config
-from ..cpualloc import keep_freed_memory
+from ..core.device import compile_enabled, mlp_dtype, resolve_device
 from ..data.cache import RayCache, build_cache, default_cache_path, option_fields
 from ..data.cameras import Cameras, cameras_to_tensors, pixel_rays
-from ..errors import UserError
+from ..core.errors import UserError
 from ..eval import metrics
-from ..fsutil import atomic_write_text, ensure_writable_dir, process_lock
+from ..core.files import atomic_write_text, ensure_writable_dir, process_lock
 from ..model import losses
-from ..model.model import COMPILE_PREFIX, Level, Mip360, compile_enabled, load_plain_state, plain_state_dict
-from ..progress import info, progress_bar, warn
+from ..model.model import COMPILE_PREFIX, Level, Mip360, load_plain_state, plain_state_dict
+from ..core.progress import info, progress_bar, warn
 from ..render.run import render_image
 from ..render.writers import depth_range, depth_to_color, to_uint8, write_png
 from . import checkpoint as ckpt
-from . import distributed
+from ..core import distributed
 from .batches import Prefetcher, RayBatcher
 from .board import Board, tensorboard_enabled
 from .schedule import learning_rate
@@ -61,32 +61,6 @@ class TrainSummary:
 
 
 # ----------------------------------------------------------------------------- setup helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` -> the device, or a UserError.
-
-    Work on the CPU also keeps freed memory in the process (``cpualloc.keep_freed_memory``).
-    """
-    device = _parse_device(name)
-    if device.type == "cpu":
-        keep_freed_memory()
-    return device
-
-
-def _parse_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}'", hint="use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: this machine has no CUDA GPU visible to PyTorch",
-                        hint="use --device cpu, or install a CUDA build of torch")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"device type '{device.type}' is not supported", hint="use cpu or cuda")
-    return device
 
 
 def open_cache(data: Path, cfg: Config, env: distributed.DistEnv, explicit: set[str] | None = None) -> RayCache:
@@ -368,8 +342,7 @@ def _train(data: Path, run: Path, cfg: Config, restart: bool, data_shards: int |
     model = Mip360.from_config(cfg.model, cfg.data).to(device)
     if device.type == "cpu" and tc.precision == "bf16" and env.is_main:
         warn("train.precision=bf16 is ignored on the CPU: the MLPs run in fp32 there (bf16 is for CUDA)")
-    if device.type == "cuda" and tc.precision in ("auto", "bf16"):
-        model.mlp_dtype = torch.bfloat16
+    model.mlp_dtype = mlp_dtype(tc.precision, device)
     model.recompute_proposal = tc.recompute_proposal
     loss_fn = functools.partial(compute_losses, cfg=cfg)
     if compile_enabled(tc.compile, device):

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ..data.cameras import OPENGL_TO_OPENCV, quaternion_to_rotation, rotation_to_quaternion
-from ..errors import UserError
-from ..fsutil import atomic_write_text
+from ..core.errors import UserError
+from ..core.files import atomic_write_text
 from ..render.paths import slerp
 from ..render.run import image_rays
 from ..render.writers import depth_range, depth_to_color, to_uint8

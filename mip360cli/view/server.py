@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..progress import info, warn
+from ..core.errors import UserError
+from ..core.progress import info, warn
 from .core import MODES, CameraPath, ViewCamera, ViewerCore, camera_from_viser, viser_pose
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

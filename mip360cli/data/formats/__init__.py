@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cv2
 
-from ...errors import UserError
+from ...core.errors import UserError
 from ..cameras import Cameras
 from . import colmap, easymocap, llff, transforms
 

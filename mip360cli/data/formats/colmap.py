@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import UserError
+from ...core.errors import UserError
 from ..cameras import Cameras, quaternion_to_rotation, rotation_to_quaternion
 from ..images import downscaled_folder
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ...errors import UserError
+from ...core.errors import UserError
 from ..cameras import Cameras
 from ..images import image_size, list_images
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import UserError
+from ...core.errors import UserError
 from ..cameras import Cameras
 from ..images import downscaled_folder, image_size, list_images
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import UserError
+from ...core.errors import UserError
 from ..cameras import OPENGL_TO_OPENCV, Cameras
 from ..images import IMAGE_EXTENSIONS, image_size
 

@@ -23,23 +23,21 @@ import torch
 from mip360cli.config import load_config
 from mip360cli.data.cameras import normalize_poses
 from mip360cli.data.example import ring_cameras
-from mip360cli.core.device import compile_enabled
-from mip360cli.model.model import Mip360, chunk_rays
+from mip360cli.model.model import chunk_rays
 from mip360cli.render.paths import ellipse_path
-from mip360cli.render.run import render_image
 from mip360cli.core.device import resolve_device
+from mip360cli.runs.load import build_model
+from mip360cli.runs.views import render_image
 
 
 def child(preset: str, size: int, frames: int, device_name: str, chunk: str, compiled: str) -> dict:
     device = resolve_device(device_name)  # as `mip360 render` does (on the CPU: malloc keeps freed memory)
-    cfg = load_config("tiny" if preset == "tiny" else "default")
+    cfg = load_config("tiny" if preset == "tiny" else "default",
+                      [f"train.compile={ {'on': 'true', 'off': 'false'}.get(compiled, compiled)}"])
     torch.manual_seed(0)
-    model = Mip360.from_config(cfg.model, cfg.data).to(device).eval()
+    model = build_model(cfg, device).eval()  # as `mip360 render` builds a run's model (precision, compile)
     if device.type == "cuda":
-        model.mlp_dtype = torch.bfloat16
         torch.backends.cuda.matmul.allow_tf32 = True
-    if compiled == "on" or (compiled == "auto" and compile_enabled("auto", device)):
-        model.compile_forward()  # as `mip360 render` does for a run trained compiled (train.compile)
     chunk = chunk_rays(chunk, model, device)  # "auto" or a number
     c2w, _ = normalize_poses(ring_cameras(16, size, size).c2w)
     poses = ellipse_path(c2w, frames + 1)

@@ -26,6 +26,7 @@ multiple of 16 (the target is 0).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import platform
 import statistics
@@ -39,7 +40,8 @@ from mip360cli.model.linear import onednn_linear, uses_onednn
 from mip360cli.core.device import compile_enabled
 from mip360cli.model.model import Mip360
 from mip360cli.model.shapes import unaligned_gemms
-from mip360cli.train.loop import compute_losses, make_optimizer, train_step
+from mip360cli.runs.load import build_model
+from mip360cli.train.step import compute_losses, make_optimizer, train_step
 
 
 def mlp_flops_per_ray(model: Mip360) -> float:
@@ -87,13 +89,11 @@ class Inputs:
 def build(cfg, device: torch.device, bf16: bool, compiled: bool):
     """Model, optimizer and a step closure set up as ``mip360 train`` sets them up."""
     torch.manual_seed(0)
-    model = Mip360.from_config(cfg.model, cfg.data).to(device)
-    model.recompute_proposal = cfg.train.recompute_proposal
-    if bf16:
-        model.mlp_dtype = torch.bfloat16
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=compiled,
+                                                             precision="bf16" if bf16 else "fp32"))
+    model = build_model(cfg, device)  # the precision and compile policy of `mip360 train`
     loss_fn = functools.partial(compute_losses, cfg=cfg)
-    if compiled:
-        model.compile_forward()
+    if model.compiled:
         loss_fn = torch.compile(loss_fn, dynamic=False)
     opt = make_optimizer(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -24,8 +24,9 @@ import torch
 from mip360cli.config import CacheConfig, DataConfig, load_config
 from mip360cli.data.cache import build_cache
 from mip360cli.data.example import make_example
-from mip360cli.train import loop
+from mip360cli.train.loop import train
 from mip360cli.view.core import ViewCamera
+from mip360cli.view.server import ViewerHook
 
 
 def free_port() -> int:
@@ -50,36 +51,36 @@ def main() -> None:
         f"train.max_steps={args.steps}", "train.val_every=0", f"train.log_every={log_every}",
         "train.checkpoint_every=100000", "train.tensorboard=false", f"train.device={args.device}"])
     lives = []
-    real_start = loop.start_viewer
 
-    def start(model, cache_, run, device, options, cfg_):
-        live = real_start(model, cache_, run, device, options, cfg_)
-        core = live.viewer.core
-        base = cache_.cameras.c2w[0]
-        state = {"angle": 0.0}
-        real_pending = core.pending
+    class MovingClient(ViewerHook):
+        """The viewer with a client whose camera moves again as soon as a frame is done."""
 
-        def pending() -> bool:  # the client moves again as soon as a frame is done
-            if not core.jobs:
-                state["angle"] += 0.05
-                c, s = np.cos(state["angle"]), np.sin(state["angle"])
-                rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
-                core.request("moving client", ViewCamera(np.concatenate([rot @ base[:, :3], rot @ base[:, 3:]], 1),
-                                                         0.8, 4 / 3), max_side=512)
-            return real_pending()
+        def start(self, ctx) -> None:
+            super().start(ctx)
+            core = self.live.viewer.core
+            base = ctx.cameras.c2w[0]
+            state = {"angle": 0.0}
+            real_pending = core.pending
 
-        core.pending = pending
-        lives.append(live)
-        return live
+            def pending() -> bool:
+                if not core.jobs:
+                    state["angle"] += 0.05
+                    c, s = np.cos(state["angle"]), np.sin(state["angle"])
+                    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+                    core.request("moving client", ViewCamera(np.concatenate([rot @ base[:, :3], rot @ base[:, 3:]],
+                                                                            1), 0.8, 4 / 3), max_side=512)
+                return real_pending()
 
-    loop.start_viewer = start
+            core.pending = pending
+            lives.append(self.live)
+
     results: dict[str, list[float]] = {"without": [], "with": []}
     shares = []
     for r in range(args.repeats):
         for mode in ("without", "with"):
             run = root / f"run_{mode}_{r}"
-            viewer = {"host": "127.0.0.1", "port": free_port()} if mode == "with" else None
-            loop.train(cache, run, cfg(), viewer=viewer)
+            hooks = [MovingClient("127.0.0.1", free_port())] if mode == "with" else []
+            train(cache, run, cfg(), hooks=hooks)
             rates = [m["rays_per_s"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
                      if "rays_per_s" in m][1:]
             results[mode].append(statistics.mean(rates))

@@ -1,4 +1,9 @@
-"""The ``mip360`` command: one thin function per subcommand, no logic here."""
+"""The ``mip360`` command: each subcommand parses its options, calls one function and prints the result.
+
+The work is done by the stages (``train``, ``render``, ``eval``, ``view``, ``export``), the demo
+(``demo.py``) and the data modules; this module only turns arguments into their options and their
+results into lines, and turns errors into one message and an exit code (:func:`main`).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,15 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from .core.version import __version__
+from .config import RENDER_ALIASES_HELP
 from .core.errors import UserError
 from .core.progress import console
+from .core.version import __version__
 
 OVERRIDES_HELP = ("Config overrides as dotted key=value, e.g. data.ratio=0.5 cache.workers=8 "
                   "(aliases: ratio, frame_interval, test_every).")
 CONFIG_HELP = "YAML config file or preset name (default, tiny); a file may name a 'base:' file."
+RENDER_KEYS_HELP = "render.chunk_rays=N|auto (rays at once; default: the run's), ratio=R."
 
 app = typer.Typer(
     name="mip360",
@@ -58,14 +65,11 @@ def example_cmd(
                                                           "so that `mip360 poses` can match features."),
 ) -> None:
     """Write a small procedural 360-degree scene (images, cameras, ground-truth depth)."""
-    from .data.example import FORMATS, make_example
     from .core.progress import progress_bar
+    from .data.example import check_example_options, make_example
 
-    if format not in FORMATS:
-        raise UserError(f"unknown format '{format}'", hint=f"choose one of: {', '.join(FORMATS)}")
-    if format == "llff" and distortion:
-        raise UserError("LLFF cannot store lens distortion", hint="use --format colmap for a distorted scene")
     width, height = _parse_size(size)
+    check_example_options(format, images, width, height, distortion)
     with progress_bar("rendering example", images, "images") as bar:
         make_example(out, format, images, width, height, distortion, colmap_binary=not text,
                      progress=bar.advance, texture=texture)
@@ -74,6 +78,7 @@ def example_cmd(
 
 
 def _parse_size(size: str) -> tuple[int, int]:
+    """``WxH`` (or ``W``, height 3/4 W) -> (width, height), each at least 4."""
     try:
         parts = [int(x) for x in size.lower().split("x")]
     except ValueError:
@@ -116,13 +121,24 @@ def poses_cmd(
     Writes a COLMAP dataset (images/ and sparse/0) that `mip360 preprocess`
     reads as it is. Needs pycolmap: pip install "mip360cli\\[poses]".
     """
-    from .data.poses import PosesOptions, compute_poses, summary_lines
+    from .data.poses import PosesOptions, compute_poses
 
     opts = PosesOptions(fps=fps, keep=keep, max_size=max_size, matcher=matcher, overlap=overlap,
                         camera_model=camera_model.upper(), camera_mode=camera, min_registered=min_registered,
                         threads=threads, overwrite=overwrite)
-    for line in summary_lines(compute_poses(source, out, opts)):
-        typer.echo(line)
+    r = compute_poses(source, out, opts)
+    if r.status != "computed":
+        typer.echo(f"dataset    {r.data} already has poses ({r.data / 'sparse' / '0'}); --overwrite to compute "
+                   "them again")
+    else:
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in r.seconds.items())
+        typer.echo(f"dataset    {r.data} (images/ and sparse/0)")
+        typer.echo(f"registered {r.registered} / {r.images} images ({100 * r.registered / r.images:.0f}%)"
+                   + (f"; {r.dropped_blurry} blurry ones dropped before" if r.dropped_blurry else ""))
+        typer.echo(f"error      {r.reprojection_error:.3f} px mean reprojection, {r.points:,} points")
+        typer.echo(f"matching   {r.matcher}")
+        typer.echo(f"time       {sum(r.seconds.values()):.1f} s ({stages})")
+    typer.echo(f"next: mip360 preprocess {r.data}")
 
 
 @app.command("preprocess")
@@ -150,18 +166,22 @@ def preprocess_cmd(
     Frames whose image is missing are skipped with a warning.
     """
     from .config import explicit_keys, load_config, save_config
-    from .data.cache import build_cache, default_cache_path, summary_lines
+    from .data.cache import build_cache, default_cache_path
 
     flags = {"data.format": format, "data.ratio": ratio, "data.frame_interval": frame_interval,
              "data.test_every": test_every, "cache.workers": workers, "cache.path": str(out) if out else None}
     cfg = load_config(config, overrides or [], flags)
     path = default_cache_path(data, cfg.cache)
-    summary = build_cache(data, cfg.data, cfg.cache, out=path, force=force,
-                          explicit=explicit_keys(overrides or [], flags))
-    cfg.data, cfg.cache = summary.data, summary.cache
+    s = build_cache(data, cfg.data, cfg.cache, out=path, force=force, explicit=explicit_keys(overrides or [], flags))
+    cfg.data, cfg.cache = s.data, s.cache
     save_config(cfg, path.with_name(path.stem + ".config.yaml"))
-    for line in summary_lines(summary):
-        typer.echo(line)
+    typer.echo(f"cache      {s.path} ({s.status})")
+    typer.echo(f"format     {s.source}")
+    typer.echo(f"options    ratio {s.data.ratio}, frame_interval {s.data.frame_interval}, "
+               f"test_every {s.data.test_every}")
+    typer.echo(f"images     {s.images} ({s.train_images} train, {s.test_images} test)")
+    typer.echo(f"rays       {s.rays:,} ({s.bytes_per_ray:.2f} bytes/ray, {s.bytes / 2**20:,.1f} MiB)")
+    typer.echo(f"time       {s.seconds:.1f} s")
 
 
 @app.command("train")
@@ -201,112 +221,38 @@ def train_cmd(
     torch.distributed.run: DDP with NCCL on GPUs, gloo on CPUs.
     """
     from .config import explicit_keys, load_config
-    from .train import checkpoint as ckpt
     from .core import distributed
-    from .train.loop import Interrupted, train
+    from .runs.checkpoints import remove_checkpoints
+    from .train.loop import Interrupted, check_buckets, default_run, train
 
     cfg = load_config(config, overrides or [], {"train.device": device})
     explicit = explicit_keys(overrides or [])
-    run = run or Path("runs") / (data.stem if data.suffix == ".h5" else data.resolve().name)
+    run = run or default_run(data)
     if (gpus > 1 or nnodes > 1) and not distributed.launched_by_torchrun():
-        _check_buckets(data, cfg, explicit, gpus * nnodes)
+        check_buckets(data, cfg, explicit, gpus * nnodes)
         if restart:  # once, here: an elastic restart of the workers must resume, not start over
-            for _, p in ckpt.list_checkpoints(run):
-                p.unlink()
-        argv = ["train", str(data), *(overrides or []), "--run", str(run)]
-        for flag, value in (("--config", config), ("--device", device)):
-            if value is not None:
-                argv += [flag, str(value)]
-        if viewer:
-            argv += ["--viewer", "--viewer-host", viewer_host, "--viewer-port", str(viewer_port)]
-        _relaunch(ctx, argv, gpus, "training", "fix the problem, then run the same command again to resume",
+            remove_checkpoints(run)
+        _relaunch(ctx, gpus, "training", "fix the problem, then run the same command again to resume",
                   nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts)
         return
+    hooks = []
+    if viewer:
+        from .view.server import ViewerHook
+
+        hooks.append(ViewerHook(viewer_host, viewer_port))
     try:
-        summary = train(data, run, cfg, restart=restart, explicit=explicit,
-                        viewer={"host": viewer_host, "port": viewer_port} if viewer else None)
+        s = train(data, run, cfg, restart=restart, explicit=explicit, hooks=hooks)
     except Interrupted as e:
         console.print(f"interrupted at step {e.step}: checkpoint saved; run the same command to resume")
         raise typer.Exit(130 if e.signum == 2 else 143)
     if os.environ.get("RANK", "0") == "0":
-        typer.echo(f"run        {summary.run}")
-        typer.echo(f"steps      {summary.step} (resumed from {summary.resumed_from})")
-        typer.echo(f"train PSNR {summary.last_psnr:.2f} dB (last batch)")
-        if summary.val_psnr is not None:
-            typer.echo(f"val PSNR   {summary.val_psnr:.2f} dB (held-out view 0)")
-        if summary.nonfinite_steps:
-            typer.echo(f"skipped    {summary.nonfinite_steps} non-finite steps")
-
-
-RENDER_ALIASES_HELP = ("Aliases of the earlier port: ratio=R, vis_depth_map=true (mean depth), "
-                       "vis_median_depth=true (median depth); or render.chunk_rays=N|auto.")
-
-
-def _render_overrides(overrides: list[str], ratio: float | None, depth: str | None) -> tuple[float | None, str | None,
-                                                                                             dict]:
-    """The earlier port's render options given as key=value, plus render.* config keys.
-
-    ``vis_depth_map=true`` asks for mean depth, ``vis_median_depth=true`` for median
-    depth; either set to false (and neither to true) renders no depth.
-    """
-    from .config import convert_override, parse_override
-
-    extra, flags = {}, {}
-    for text in overrides:
-        key, value = parse_override(text)
-        if key == "data.ratio":
-            ratio = convert_override(key, value, "render option")
-        elif key in ("vis_depth_map", "vis_median_depth"):
-            if not isinstance(value, bool):
-                raise UserError(f"render option '{text}': {key} must be true or false")
-            flags[key] = value
-        elif key.startswith("render."):
-            extra[key] = convert_override(key, value, "render option")
-            if key == "render.chunk_rays" and extra[key] != "auto" and extra[key] < 1:
-                raise UserError(f"render option '{text}': render.chunk_rays must be >= 1 or auto")
-        else:
-            raise UserError(f"unknown render option '{text}'", hint=RENDER_ALIASES_HELP)
-    if depth is None and flags:
-        wanted = [("mean" if k == "vis_depth_map" else "median") for k, v in flags.items() if v]
-        depth = wanted[-1] if wanted else "none"
-    return ratio, depth, extra
-
-
-def _render_keys(overrides: list[str], ratio: float | None, command: str) -> tuple[float | None, dict]:
-    """``KEY=VALUE`` of commands that render without writing frames (eval, export): render.* keys
-    (``render.chunk_rays``) and ``ratio=R``; depth flags belong to ``mip360 render``."""
-    ratio, depth, extra = _render_overrides(overrides, ratio, None)
-    if depth is not None:
-        raise UserError(f"{command} takes no vis_depth_map / vis_median_depth", hint="they are options of render")
-    return ratio, extra
-
-
-def _check_buckets(data: Path, cfg, explicit: set[str], processes: int) -> None:
-    """Before starting processes: a cache with fewer buckets than processes is an error here, in one message,
-    not one per process under torchrun's traceback."""
-    from .data.cache import default_cache_path, stored_info
-    from .train.batches import too_few_buckets
-
-    path = data if data.suffix == ".h5" else default_cache_path(data, cfg.cache)
-    found = stored_info(path) if "cache.bucket_rays" not in explicit or data.suffix == ".h5" else None
-    if found is not None and found["n_buckets"] < processes:
-        raise too_few_buckets(path, found["n_buckets"], found["n_rays"], processes)
-
-
-def _check_ratio(ratio: float | None) -> None:
-    """render and eval take the same --ratio: a scale against the original photos, in (0, 4]."""
-    if ratio is not None and not 0 < ratio <= 4:
-        raise UserError(f"--ratio {ratio}: must be in (0, 4] (a scale against the original photos)")
-
-
-def _load_for_render(run: Path, checkpoint: Optional[Path], device: Optional[str], extra: dict):
-    from .render.run import load_run
-    from .core.device import resolve_device
-
-    loaded = load_run(run, checkpoint, resolve_device(device or "auto"))
-    if "render.chunk_rays" in extra:
-        loaded.cfg.render.chunk_rays = extra["render.chunk_rays"]
-    return loaded
+        typer.echo(f"run        {s.run}")
+        typer.echo(f"steps      {s.step} (resumed from {s.resumed_from})")
+        typer.echo(f"train PSNR {s.last_psnr:.2f} dB (last batch)")
+        if s.val_psnr is not None:
+            typer.echo(f"val PSNR   {s.val_psnr:.2f} dB (held-out view 0)")
+        if s.nonfinite_steps:
+            typer.echo(f"skipped    {s.nonfinite_steps} non-finite steps")
 
 
 @app.command("render")
@@ -333,36 +279,27 @@ def render_cmd(
 
     Frames already written are skipped, so an interrupted render resumes.
     """
-    from .render.run import render_path
+    from .config import parse_render_args
     from .core import distributed
+    from .render.frames import RenderOptions, render_path
+    from .runs.load import load_run
 
-    ratio, depth, extra = _render_overrides(overrides or [], ratio, depth)
-    depth = depth or "median"
-    if depth not in ("none", "mean", "median"):
-        raise UserError(f"--depth {depth!r}: choose none, mean or median")
-    _check_ratio(ratio)
+    args = parse_render_args(overrides or [], ratio, depth)
+    opts = RenderOptions(path, frames, args.ratio, args.depth or "median", video, fps, out, overwrite)
+    opts.check()
     if gpus > 1 and not distributed.launched_by_torchrun():
-        argv = ["render", str(run), *(overrides or []), "--path", path, "--frames", str(frames), "--depth", depth,
-                "--fps", str(fps), "--video" if video else "--no-video"]
-        for flag, value in (("--ratio", ratio), ("--out", out), ("--checkpoint", checkpoint), ("--device", device)):
-            if value is not None:
-                argv += [flag, str(value)]
-        _relaunch(ctx, argv + (["--overwrite"] if overwrite else []), gpus, "rendering",
-                  "run the same command again: frames already written are kept")
+        _relaunch(ctx, gpus, "rendering", "run the same command again: frames already written are kept")
         return
-    loaded = _load_for_render(run, checkpoint, device, extra)
+    loaded = load_run(run, checkpoint, device, args.render)
     env = distributed.init(loaded.device.type)
     try:
-        result = render_path(loaded, path, frames, ratio, depth, video, fps, out, overwrite, env)
+        result = render_path(loaded, opts, env)
     finally:
         distributed.shutdown(env)
     if result:
         typer.echo(f"frames     {result['frames']} in {result['out']}")
         for v in result.get("videos", []):
             typer.echo(f"video      {v}")
-
-
-RENDER_KEYS_HELP = "render.chunk_rays=N|auto (rays at once; default: the run's), ratio=R."
 
 
 @app.command("eval")
@@ -381,15 +318,16 @@ def eval_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from .render.run import evaluate
+    from .config import parse_render_args
+    from .eval.evaluate import evaluate
+    from .runs.load import load_run
 
     if split not in (None, "test", "train"):
         raise UserError(f"--split {split!r}: choose test or train")
-    ratio, extra = _render_keys(overrides or [], ratio, "eval")
-    _check_ratio(ratio)
-    loaded = _load_for_render(run, checkpoint, device, extra)
+    args = parse_render_args(overrides or [], ratio, command="eval")
+    loaded = load_run(run, checkpoint, device, args.render)
     split = split or loaded.cfg.eval.split
-    result = evaluate(loaded, split, ratio)
+    result = evaluate(loaded, split, args.ratio)
     table = Table(title=f"{run} · step {result['step']} · {split} · ratio {result['ratio']}")
     for col in ("view", "PSNR (dB)", "SSIM"):
         table.add_column(col, justify="right" if col != "view" else "left")
@@ -397,7 +335,7 @@ def eval_cmd(
         table.add_row(r["name"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}")
     table.add_row("[bold]mean", f"[bold]{result['mean']['psnr']:.2f}", f"[bold]{result['mean']['ssim']:.4f}")
     Console().print(table)  # the scores are the command's output: stdout
-    typer.echo(f"wrote {run / 'eval' / 'metrics.json'}, per_image.csv and images/")
+    typer.echo(f"wrote {loaded.folder.eval / 'metrics.json'}, per_image.csv and images/")
 
 
 @app.command("view")
@@ -426,17 +364,11 @@ def view_cmd(
     """
     import time
 
-    from .view.core import ViewerCore
-    from .view.server import ShownCameras, Viewer
+    from .runs.load import load_run
+    from .view.server import serve_run
 
-    if budget_ms < 1 or max_res < 16 or (chunk is not None and chunk < 1):
-        raise UserError("--budget-ms must be >= 1, --max-res >= 16 and --chunk >= 1")
-    loaded = _load_for_render(run, checkpoint, device, {})
-    core = ViewerCore(loaded.model, loaded.device, chunk=chunk or loaded.cfg.render.chunk_rays,
-                      budget_s=budget_ms / 1000, max_side=max_res, run=None if checkpoint else run,
-                      checkpoint_step=loaded.step)
-    viewer = Viewer(core, ShownCameras.training(loaded.cameras, loaded.train), loaded.transform,
-                    run / "camera_paths", host=host, port=port, title=f"mip360 · {run.name}")
+    loaded = load_run(run, checkpoint, device)
+    viewer = serve_run(loaded, host, port, budget_ms, max_res, chunk, follow_checkpoints=checkpoint is None)
     console.print(f"viewer of {run} (step {loaded.step}) at [bold]{viewer.url}[/bold]  (Ctrl-C to stop)",
                   soft_wrap=True)
     try:
@@ -478,16 +410,16 @@ def export_cmd(
     on its COLMAP model), with x, y, z, nx, ny, nz, red, green, blue: the
     layout 3D Gaussian splatting (gsplat, splatfacto) initializes from.
     """
-    from .render.export import export_points
+    from .config import parse_render_args
+    from .export.points import PointOptions, export_points
+    from .runs.load import load_run
 
-    if split not in ("train", "test", "all"):
-        raise UserError(f"--split {split!r}: choose train, test or all")
-    ratio, extra = _render_keys(overrides or [], ratio, "export")
-    _check_ratio(ratio)
-    loaded = _load_for_render(run, checkpoint, device, extra)
-    out = out or run / "export" / "points.ply"
-    summary = export_points(loaded, out, points, split, ratio, min_opacity, tolerance, neighbours, min_agree,
-                            bound, normals, normalized)
+    args = parse_render_args(overrides or [], ratio, command="export")
+    opts = PointOptions(points, split, args.ratio, min_opacity, tolerance, neighbours, min_agree, bound, normals,
+                        normalized)
+    opts.check()
+    loaded = load_run(run, checkpoint, device, args.render)
+    summary = export_points(loaded, out or loaded.folder.export / "points.ply", opts)
     typer.echo(f"points     {summary.points:,} in {summary.path} ({summary.frame})")
 
 
@@ -500,44 +432,14 @@ def demo_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
 ) -> None:
     """The whole pipeline on the example scene: example, preprocess, train (tiny), render, eval."""
-    from .config import load_config
-    from .data.cache import build_cache
-    from .data.example import make_example
-    from .core.progress import progress_bar
-    from .render.run import evaluate, render_path
-    from .train.loop import CannotResume, train
+    from .demo import DemoOptions, run_demo
 
     width, height = _parse_size(size)
-    overrides = [f"train.max_steps={steps}"] if steps else []
-    cfg = load_config("tiny", overrides + ["train.val_every=0"], {"train.device": device})
-    scene, run = out / "scene", out / "run"
-    console.print(f"[bold]1/5[/bold] example scene -> {scene}")
-    wanted = {"format": "colmap", "images": 24, "width": width, "height": height, "distortion": 0.0}
-    info_file = scene / "example.json"
-    current = json.loads(info_file.read_text()) if info_file.exists() else {}
-    fresh_scene = any(current.get(k) != v for k, v in wanted.items())
-    if fresh_scene:  # a re-run with the same settings keeps the scene, so its cache and run stay valid
-        with progress_bar("rendering example", 24, "images") as bar:
-            make_example(scene, "colmap", 24, width, height, progress=bar.advance)
-    else:
-        console.print("the example scene is already there")
-    console.print("[bold]2/5[/bold] ray cache")
-    cache = build_cache(scene, cfg.data, cfg.cache)
-    console.print(f"[bold]3/5[/bold] training the tiny preset ({cfg.train.max_steps} steps) -> {run}")
-    try:
-        summary = train(cache.path, run, cfg, restart=fresh_scene)
-    except CannotResume as e:  # e.g. a run left by an earlier mip360: the demo simply starts it over
-        console.print(f"{escape(str(e).splitlines()[0])}; starting the demo's run over", soft_wrap=True)
-        summary = train(cache.path, run, cfg, restart=True)
-    loaded = _load_for_render(run, None, device, {})
-    console.print("[bold]4/5[/bold] orbit video with median depth")
-    rendered = render_path(loaded, "ellipse", frames, None, "median", True, 30.0, None, False)
-    console.print("[bold]5/5[/bold] scores on the held-out views")
-    result = evaluate(loaded, "test", None)
-    typer.echo(f"scene      {scene}")
-    typer.echo(f"run        {run} ({summary.step} steps)")
-    typer.echo(f"video      {rendered['out'] / 'rgb_depth.mp4'}")
-    typer.echo(f"eval       {run / 'eval'}  PSNR {result['mean']['psnr']:.2f} dB, SSIM {result['mean']['ssim']:.4f}")
+    r = run_demo(DemoOptions(out, steps, width, height, frames, device))
+    typer.echo(f"scene      {r.scene}")
+    typer.echo(f"run        {r.run} ({r.steps} steps)")
+    typer.echo(f"video      {r.video}")
+    typer.echo(f"eval       {r.run / 'eval'}  PSNR {r.psnr:.2f} dB, SSIM {r.ssim:.4f}")
 
 
 checkpoint_app = typer.Typer(help="Checkpoints: convert one written by an earlier version or another tool.",
@@ -558,35 +460,22 @@ def checkpoint_upgrade_cmd(
     This converts checkpoints you trust, in place and atomically (numpy
     values become tensors and numbers, paths become strings).
     """
-    from .train import checkpoint as ckpt
+    from .runs.checkpoints import upgrade_all
 
-    if path.is_dir():
-        files = [p for _, p in ckpt.list_checkpoints(path)]
-        if not files:
-            raise UserError(f"{path} has no checkpoints (checkpoints/step_NNNNNNN.pt)")
-    elif path.exists():
-        files = [path]
-    else:
-        raise UserError(f"{path} does not exist", hint="give a checkpoint file or a run folder")
-    todo = [f for f in files if not ckpt.is_plain(f)]  # reading with weights_only=True runs nothing
-    for f in files:
-        if f not in todo:
-            typer.echo(f"already plain  {f}")
-    if todo and not trust:
-        raise UserError(f"not converting {len(todo)} checkpoint(s) of {path}: converting unpickles them, which "
-                        "runs any code they name", hint="add --trust if you trust where they come from "
-                                                        "(you or someone you trust wrote them)")
-    for f in todo:
-        ckpt.upgrade_checkpoint(f)
-        typer.echo(f"converted      {f}")
+    for f, status in upgrade_all(path, trust):
+        typer.echo(f"{status:<14} {f}")
 
 
-def _relaunch(ctx: typer.Context, argv: list[str], gpus: int, what: str, hint: str, **kwargs) -> None:
-    """Run ``mip360 ARGV`` again under torch.distributed.run with ``gpus`` processes per machine."""
+def _relaunch(ctx: typer.Context, gpus: int, what: str, hint: str, **kwargs) -> None:
+    """Run this command line again under torch.distributed.run with ``gpus`` processes per machine.
+
+    The processes get the same arguments (their ``--gpus`` is then ignored), less ``--restart``,
+    which the launcher has done once: an elastic restart of the processes must resume.
+    """
     from .core import distributed
 
-    debug = bool(ctx.obj and ctx.obj.get("debug"))
-    code = distributed.relaunch(argv + (["--debug"] if debug else []), gpus, **kwargs)
+    argv = [a for a in ctx.obj["argv"] if a != "--restart"] + (["--debug"] if ctx.obj["debug"] else [])
+    code = distributed.relaunch(argv, gpus, **kwargs)
     if code != 0:
         raise UserError(f"{what} stopped: a process exited with code {code} (its message is above)", hint=hint)
 
@@ -609,7 +498,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         argv = json.loads(launched) if launched else sys.argv[1:]
     argv, debug = _strip_debug(list(argv))
     try:
-        app(args=argv, prog_name="mip360", obj={"debug": debug})
+        app(args=argv, prog_name="mip360", obj={"debug": debug, "argv": argv})
         return 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -457,6 +457,52 @@ def convert_override(key: str, value: Any, where: str = "override") -> Any:
     return _convert(value, _field_types(cls)[leaf], key, where)
 
 
+RENDER_ALIASES_HELP = ("Aliases of the earlier port: ratio=R, vis_depth_map=true (mean depth), "
+                       "vis_median_depth=true (median depth); or render.chunk_rays=N|auto.")
+
+
+@dataclass
+class RenderArgs:
+    """What ``key=value`` arguments of a command that renders a run ask for."""
+
+    ratio: float | None = None
+    """Image scale against the original photos; None = the training ratio."""
+    depth: str | None = None
+    """none | mean | median, from the earlier port's vis_depth_map / vis_median_depth; None = not said."""
+    render: dict[str, Any] = field(default_factory=dict)
+    """``render.*`` keys and their values."""
+
+
+def parse_render_args(overrides: Sequence[str], ratio: float | None = None, depth: str | None = None,
+                      command: str = "render") -> RenderArgs:
+    """``key=value`` arguments of render, eval and export: ``render.*`` config keys, ``ratio=R``, and (render
+    only) the earlier port's ``vis_depth_map=true`` (mean depth) and ``vis_median_depth=true`` (median depth);
+    either set to false (and neither to true) renders no depth. Flags given (``ratio``, ``depth``) win."""
+    render, flags = {}, {}
+    for text in overrides:
+        key, value = parse_override(text)
+        if key == "data.ratio":
+            ratio = convert_override(key, value, "render option") if ratio is None else ratio
+        elif key in ("vis_depth_map", "vis_median_depth"):
+            if command != "render":
+                raise UserError(f"{command} takes no vis_depth_map / vis_median_depth", hint="they are options of render")
+            if not isinstance(value, bool):
+                raise UserError(f"render option '{text}': {key} must be true or false")
+            flags[key] = value
+        elif key.startswith("render."):
+            render[key.removeprefix("render.")] = convert_override(key, value, "render option")
+        else:
+            raise UserError(f"unknown render option '{text}'", hint=RENDER_ALIASES_HELP)
+    if depth is None and flags:
+        wanted = [("mean" if k == "vis_depth_map" else "median") for k, v in flags.items() if v]
+        depth = wanted[-1] if wanted else "none"
+    if ratio is not None and not 0 < ratio <= 4:
+        raise UserError(f"--ratio {ratio}: must be in (0, 4] (a scale against the original photos)")
+    section = dataclasses.replace(RenderConfig(), **render)
+    check_ranges(dataclasses.replace(Config(), render=section))
+    return RenderArgs(ratio, depth, render)
+
+
 def _set_dotted(tree: dict, key: str, value: Any, where: str) -> None:
     known = dotted_keys()
     if key not in known:
@@ -503,12 +549,12 @@ def load_config(config: str | Path | None = None, overrides: Sequence[str] = (),
         if value is not None:
             _set_dotted(tree, ALIASES.get(key, key), value, "option")
     cfg = _build(Config, tree, "override" if overrides or values else where)
-    validate(cfg)
+    check_ranges(cfg)
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    """Range checks that types alone cannot express."""
+def check_ranges(cfg: Config) -> None:
+    """Range checks that types alone cannot express: one UserError naming the key and the value."""
     d, c = cfg.data, cfg.cache
     checks = [
         (0 < d.ratio <= 1, "data.ratio must be in (0, 1]", d.ratio),

@@ -12,7 +12,7 @@ import resource, sys, torch
 from mip360cli.config import load_config
 from mip360cli.core.cpualloc import keep_freed_memory
 from mip360cli.model.model import Mip360
-from mip360cli.train.loop import compute_losses
+from mip360cli.train.step import compute_losses
 
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 torch.manual_seed(0)

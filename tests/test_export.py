@@ -5,7 +5,7 @@ import numpy as np
 from conftest import run_cli
 from mip360cli.data.example import surface_distance
 from mip360cli.data.formats import read_cameras
-from mip360cli.render.export import project, read_ply, unproject, write_ply
+from mip360cli.export.points import project, read_ply, unproject, write_ply
 
 
 def _xyz(ply: dict) -> np.ndarray:

@@ -104,7 +104,7 @@ def test_files_follow_the_umask_and_image_paths_are_absolute(scene_copy, tmp_pat
 
 
 def test_a_full_disk_while_writing_a_checkpoint_is_one_clear_message(scene_copy, tmp_path, capsys, monkeypatch):
-    from mip360cli.train import checkpoint
+    from mip360cli.runs import checkpoints as checkpoint
 
     root = scene_copy("colmap")
 

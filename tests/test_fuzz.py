@@ -25,7 +25,7 @@ from mip360cli.config import DataConfig, load_config
 from mip360cli.data.example import make_example
 from mip360cli.data.scene import load_scene
 from mip360cli.core.errors import UserError
-from mip360cli.render.paths import load_path_file
+from mip360cli.runs.camera_paths import load_path_file
 
 MAX_EXAMPLES = int(os.environ.get("MIP360_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,

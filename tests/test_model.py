@@ -6,7 +6,7 @@ from mip360cli.core.errors import UserError
 from mip360cli.model import losses
 from mip360cli.model.fields import NerfMLP, PointEncoding, color_activation, density_activation
 from mip360cli.model.model import Mip360, render_rays
-from mip360cli.train.loop import compute_losses
+from mip360cli.train.step import compute_losses
 
 
 def _rays(n, seed=0):

@@ -15,7 +15,8 @@ from mip360cli.data.example import make_example, ring_cameras
 from mip360cli.data.cameras import normalize_poses
 from mip360cli.eval.metrics import gaussian_filter, psnr, ssim
 from mip360cli.render import paths
-from mip360cli.render.writers import count_video_frames, depth_range, depth_to_color, write_video
+from mip360cli.runs.camera_paths import load_path_file
+from mip360cli.runs.writers import count_video_frames, depth_range, depth_to_color, write_video
 from mip360cli.train.loop import train
 
 
@@ -57,17 +58,17 @@ def test_camera_path_files(tmp_path):
     own = {"width": 20, "height": 10, "fov_deg": 90, "frames": [{"c2w": np.eye(3, 4).tolist()},
                                                                  {"c2w": np.eye(4).tolist()}]}
     (tmp_path / "own.json").write_text(json.dumps(own))
-    poses, Ks, size = paths.load_path_file(tmp_path / "own.json", T, (32, 24), np.eye(3))
+    poses, Ks, size = load_path_file(tmp_path / "own.json", T, (32, 24), np.eye(3))
     assert size == (20, 10) and poses.shape == (2, 3, 4)
     assert Ks[0][1, 1] == pytest.approx(5.0)  # fy = h/2 / tan(45 deg)
     ns = {"render_width": 16, "render_height": 8, "camera_path": [
         {"camera_to_world": np.eye(4).ravel().tolist(), "fov": 60}]}
     (tmp_path / "ns.json").write_text(json.dumps(ns))
-    poses, Ks, size = paths.load_path_file(tmp_path / "ns.json", T, (32, 24), np.eye(3))
+    poses, Ks, size = load_path_file(tmp_path / "ns.json", T, (32, 24), np.eye(3))
     np.testing.assert_allclose(poses[0][:, :3], np.diag([1.0, -1, -1]))  # OpenGL -> OpenCV axes
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(Exception, match="malformed JSON"):
-        paths.load_path_file(tmp_path / "bad.json", T, (32, 24), np.eye(3))
+        load_path_file(tmp_path / "bad.json", T, (32, 24), np.eye(3))
 
 
 def test_depth_colormap_uses_one_range():
@@ -170,7 +171,7 @@ def test_render_never_mixes_frames_of_other_options_or_checkpoints(trained_run, 
     assert main(common + ["--frames", "8", "--ratio", "0.5"]) == 0
     assert "8 already there" in capsys.readouterr().err
     # a newer checkpoint: the frames are stale
-    from mip360cli.train import checkpoint as ckpt
+    from mip360cli.runs import checkpoints as ckpt
 
     step, last = ckpt.list_checkpoints(trained_run)[-1]
     newer = last.with_name(f"step_{step + 1:07d}.pt")
@@ -221,7 +222,8 @@ def test_render_test_views_and_eval(trained_run, capsys):
     assert "mean" in out
     # an independent check of one score: re-render view 0 and compute PSNR by hand
     from mip360cli.data.cache import RayCache
-    from mip360cli.render.run import load_run, render_image
+    from mip360cli.runs.load import load_run
+    from mip360cli.runs.views import render_image
 
     loaded = load_run(trained_run, device=torch.device("cpu"))
     c = loaded.cameras
@@ -281,7 +283,7 @@ def test_demo_pipeline_shortened(tmp_path, capsys):
     # a run left by an earlier mip360 (other layer shapes) cannot be resumed: the demo starts it over
     from test_model import _old_layout_state
 
-    from mip360cli.train import checkpoint as ckpt
+    from mip360cli.runs import checkpoints as ckpt
 
     step, last = ckpt.list_checkpoints(tmp_path / "demo" / "run")[-1]
     state = ckpt.load_checkpoint(last)

@@ -16,9 +16,9 @@ from mip360cli.data.cache import RayCache, build_cache
 from mip360cli.data.example import make_example
 from mip360cli.core.errors import UserError
 from mip360cli.model.model import Mip360
-from mip360cli.train import checkpoint as ckpt
+from mip360cli.runs import checkpoints as ckpt
 from mip360cli.train.batches import RayBatcher
-from mip360cli.render.run import render_image
+from mip360cli.runs.views import render_image
 from mip360cli.train.loop import train
 
 
@@ -290,7 +290,7 @@ def test_a_compiled_run_does_not_recompile_resumes_uncompiled_and_renders(cache,
     import torch._dynamo.utils
 
     from mip360cli.cli import main
-    from mip360cli.render.run import load_run
+    from mip360cli.runs.load import load_run
     from mip360cli.train import loop
 
     graphs = []  # graphs compiled so far, at the start of each step (jitter is drawn once per step)

@@ -12,7 +12,7 @@ from mip360cli.config import CacheConfig, DataConfig, load_config
 from mip360cli.data.cache import build_cache
 from mip360cli.data.example import make_example
 from mip360cli.core.errors import UserError
-from mip360cli.train import checkpoint as ckpt
+from mip360cli.runs import checkpoints as ckpt
 from mip360cli.train.loop import train
 
 
@@ -133,7 +133,7 @@ def test_check_plain_names_the_first_object_that_is_not_plain():
 
 
 def test_a_config_base_stays_in_its_folder_unless_said(tmp_path, monkeypatch, capsys):
-    from mip360cli.render.run import load_run
+    from mip360cli.runs.load import load_run
 
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "base.yaml").write_text("base: tiny\ntrain:\n  max_steps: 7\n")

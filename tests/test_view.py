@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from mip360cli.render.run import load_run, render_image
-from mip360cli.render.writers import depth_range, depth_to_color, to_uint8
-from mip360cli.train import checkpoint as ckpt
+from mip360cli.runs.load import load_run
+from mip360cli.runs.views import render_image
+from mip360cli.runs.writers import depth_range, depth_to_color, to_uint8
+from mip360cli.runs import checkpoints as ckpt
 from mip360cli.view.core import CameraPath, RenderJob, ViewCamera, ViewerCore, frame_size
 
 CPU = torch.device("cpu")
@@ -184,25 +185,23 @@ def test_render_job_pads_to_one_shape_for_a_compiled_model():
     assert set(model.shapes) == {32} and job.image().shape == (10, 10, 3)
 
 
-def test_training_with_the_viewer_renders_between_steps(trained_example, tmp_path, monkeypatch):
+def test_training_with_the_viewer_renders_between_steps(trained_example, tmp_path):
     pytest.importorskip("viser")
     from mip360cli.config import load_config
     from mip360cli.train import loop
+    from mip360cli.view.server import ViewerHook
 
     started = []
-    real = loop.start_viewer
 
-    def start(model, cache, run, device, options, cfg):
-        live = real(model, cache, run, device, options, cfg)
-        cam = cache.cameras
-        live.viewer.core.request("someone", ViewCamera(cam.c2w[0], 0.8, 4 / 3), max_side=32)  # a browser
-        started.append(live)
-        return live
+    class WithABrowser(ViewerHook):  # the hook `mip360 train --viewer` hands in, and a browser looking
+        def start(self, ctx):
+            super().start(ctx)
+            self.live.viewer.core.request("someone", ViewCamera(ctx.cameras.c2w[0], 0.8, 4 / 3), max_side=32)
+            started.append(self.live)
 
-    monkeypatch.setattr(loop, "start_viewer", start)
     summary = loop.train(trained_example["cache"], tmp_path / "live",
                          load_config("tiny", ["train.max_steps=40", "train.val_every=0", "train.batch_rays=256"]),
-                         viewer={"host": "127.0.0.1", "port": _free_port()})
+                         hooks=[WithABrowser("127.0.0.1", _free_port())])
     assert summary.step == 40
     (live,) = started
     assert live.viewer.core.frames_rendered >= 1  # between steps, in the training thread

@@ -126,3 +126,78 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+# ----------------------------------------------------------------------------- bounded reads
+
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+
+
+def check_regular_file(path: str | os.PathLike, what: str, limit: int | None = None) -> os.stat_result:
+    """Stat ``path`` (following links) and refuse anything but a regular file of at most ``limit`` bytes.
+
+    Directories, devices (``/dev/zero``), FIFOs and sockets are refused before they are opened (opening a
+    FIFO would wait forever, reading a device would never end), with one message naming ``what``.
+    """
+    import stat as stat_mod
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
+    if stat_mod.S_ISDIR(st.st_mode):
+        raise UserError(f"{what} {path} is a folder, not a file")
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise UserError(f"{what} {path} is not a regular file (a device, a pipe or a socket)",
+                        hint="give the file itself; mip360 reads only regular files")
+    if limit is not None and st.st_size > limit:
+        raise UserError(f"{what} {path} is {_size(st.st_size)}, more than any real one (at most {_size(limit)})",
+                        hint="check that the path names the right file")
+    return st
+
+
+def read_bytes_bounded(path: str | os.PathLike, what: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (checked before and while reading)."""
+    path = Path(path)
+    check_regular_file(path, what, limit)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if len(data) > limit:  # it grew since the stat
+        raise UserError(f"{what} {path} is more than {_size(limit)}", hint="check that the path names the right file")
+    return data
+
+
+def read_text_bounded(path: str | os.PathLike, what: str, limit: int) -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes; a decoding error names the line."""
+    data = read_bytes_bounded(path, what, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: {what} is not valid UTF-8 text") from None
+
+
+def read_json_bounded(path: str | os.PathLike, what: str, limit: int = 256 * MIB):
+    """A JSON file of at most ``limit`` bytes, parsed; malformed or absurdly nested JSON is one message."""
+    import json
+
+    text = read_text_bounded(path, what, limit)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({what}): {e.msg}") from None
+    except RecursionError:
+        raise UserError(f"{path}: {what} is nested too deeply to be real JSON data") from None
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"

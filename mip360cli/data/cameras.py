@@ -10,6 +10,7 @@ Format readers convert into this once; nothing else knows about formats.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -160,6 +161,41 @@ def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
     vals, vecs = np.linalg.eigh(K)
     q = vecs[[3, 0, 1, 2], np.argmax(vals)]
     return -q if q[0] < 0 else q
+
+
+def slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
+    """Spherical interpolation of unit quaternions (wxyz), the shorter way round."""
+    dot = float(np.dot(q0, q1))
+    if dot < 0:
+        q1, dot = -q1, -dot
+    if dot > 0.9995:
+        q = q0 + t * (q1 - q0)
+        return q / np.linalg.norm(q)
+    angle = np.arccos(dot)
+    return (np.sin((1 - t) * angle) * q0 + np.sin(t * angle) * q1) / np.sin(angle)
+
+
+def focal_from_fov(fov: float, size: float) -> float:
+    """Focal length in pixels of a field of view ``fov`` (radians) across ``size`` pixels.
+
+    Example:
+        >>> round(focal_from_fov(math.pi / 2, 100), 6)
+        50.0
+    """
+    return 0.5 * size / math.tan(0.5 * fov)
+
+
+def fov_from_focal(focal: float, size: float) -> float:
+    """Field of view (radians) across ``size`` pixels of a focal length in pixels: the inverse of
+    :func:`focal_from_fov`."""
+    return 2 * math.atan(0.5 * size / focal)
+
+
+def intrinsics_from_fov(fov_y: float, width: int, height: int) -> np.ndarray:
+    """(3, 3) K of a vertical field of view ``fov_y`` (radians): square pixels, principal point at the
+    image center (the cameras of camera-path files and of the viewer)."""
+    f = focal_from_fov(fov_y, height)
+    return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
 
 
 def look_at(position: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -383,6 +419,20 @@ def pixel_rays(K, c2w, dist, image_index, u, v):
     origins = pose[:, :, 3].expand_as(directions)
     viewdirs = directions / directions.norm(dim=-1, keepdim=True)
     return origins, directions, viewdirs
+
+
+def image_rays(K: np.ndarray, c2w: np.ndarray, dist: np.ndarray | None, width: int, height: int, device):
+    """Origins, directions, viewdirs (H*W, 3) of one camera's pixels, row by row, as tensors on ``device``.
+
+    Args:
+        K: (3, 3); c2w: (3, 4); dist: (5,) or None (pinhole).
+    """
+    torch = _torch()
+    t = lambda a: torch.as_tensor(np.asarray(a, np.float32)[None], device=device)  # noqa: E731
+    v, u = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
+    cam = torch.zeros(height * width, dtype=torch.long, device=device)
+    d = t(dist) if dist is not None and np.any(np.asarray(dist) != 0) else None
+    return pixel_rays(t(K), t(c2w), d, cam, u.reshape(-1), v.reshape(-1))
 
 
 def cameras_to_tensors(cameras: Cameras, device=None, dtype=None) -> dict:

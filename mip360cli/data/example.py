@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import UserError
 from .cameras import Cameras, look_at, undistort_pixels_cv2
 from .formats import READERS, colmap, easymocap, llff, transforms
 from .images import write_image
@@ -213,6 +214,24 @@ def image_relpath(fmt: str, name: str) -> str:
     if fmt == "easymocap":
         return f"images/{Path(name).stem}/000000.png"
     return f"images/{name}"
+
+
+MAX_SIDE = 8192
+MAX_IMAGES = 10_000
+
+
+def check_example_options(fmt: str, n_images: int, width: int, height: int, distortion: float) -> None:
+    """One UserError for an example the options cannot make (before anything is written)."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format '{fmt}'", hint=f"choose one of: {', '.join(FORMATS)}")
+    if fmt == "llff" and distortion:
+        raise UserError("LLFF cannot store lens distortion", hint="use --format colmap for a distorted scene")
+    if not 2 <= n_images <= MAX_IMAGES:
+        raise UserError(f"--images must be from 2 to {MAX_IMAGES}, got {n_images}")
+    if not (4 <= width <= MAX_SIDE and 4 <= height <= MAX_SIDE):
+        raise UserError(f"--size {width}x{height}: each side must be from 4 to {MAX_SIDE}")
+    if not (np.isfinite(distortion) and abs(distortion) <= 1):
+        raise UserError(f"--distortion must be a radial k1 in [-1, 1], got {distortion}")
 
 
 def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width: int = 64,

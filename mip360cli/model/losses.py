@@ -57,7 +57,7 @@ def distortion_bruteforce(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def mse_to_psnr(mse: float | torch.Tensor) -> float | torch.Tensor:
-    """PSNR of images in [0, 1]: ``-10 log10(mse)``."""
+    """PSNR of images in [0, 1]: ``-10 log10(mse)`` (inf for identical images)."""
     if isinstance(mse, torch.Tensor):
         return -10 * torch.log10(mse)
-    return -10 * math.log10(mse)
+    return float("inf") if mse == 0 else -10 * math.log10(mse)

@@ -8,7 +8,6 @@ like everything inside mip360; viser's cameras use the same axes.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -18,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.cameras import OPENGL_TO_OPENCV, quaternion_to_rotation, rotation_to_quaternion
 from ..core.errors import UserError
-from ..core.files import atomic_write_text
-from ..render.paths import slerp
-from ..render.run import image_rays
-from ..render.writers import depth_range, depth_to_color, to_uint8
+from ..data.cameras import image_rays, intrinsics_from_fov, quaternion_to_rotation, rotation_to_quaternion, slerp
+from ..model.model import chunk_rays, load_plain_state, render_rays
+from ..runs import checkpoints as ckpt
+from ..runs.camera_paths import camera_path_json, save_path_file
+from ..runs.writers import depth_range, depth_to_color, to_uint8
 
 MODES = ("rgb", "mean depth", "median depth")
 
@@ -38,8 +37,7 @@ class ViewCamera:
 
     def intrinsics(self, width: int, height: int) -> np.ndarray:
         """(3, 3) K with square pixels and the principal point at the center (as camera-path files)."""
-        f = 0.5 * height / math.tan(self.fov_y / 2)
-        return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+        return intrinsics_from_fov(self.fov_y, width, height)
 
 
 def camera_from_viser(wxyz, position, fov: float, aspect: float) -> ViewCamera:
@@ -103,8 +101,6 @@ class RenderJob:
 
     def advance(self, seconds: float) -> bool:
         """Render chunks until ``seconds`` are used (at least one chunk); True when the frame is done."""
-        from ..model.model import render_rays
-
         t0 = time.perf_counter()
         n = self.width * self.height
         while not self.finished:
@@ -157,8 +153,6 @@ class ViewerCore:
     def __init__(self, model, device: torch.device, chunk: int | str = "auto", budget_s: float = 0.1,
                  max_side: int = 1024, settle_s: float = 0.25, run: Path | None = None,
                  checkpoint_step: int | None = None, lock: threading.Lock | None = None):
-        from ..model.model import chunk_rays
-
         # small pieces of work, so that a frame's time can be spread between training steps
         self.model, self.device, self.chunk = model, device, min(chunk_rays(chunk, model, device), 4096)
         self.budget_s, self.max_side, self.settle_s = budget_s, max_side, settle_s
@@ -248,9 +242,6 @@ class ViewerCore:
 
     def reload_if_newer(self) -> bool:
         """Load the run's newest checkpoint when it is not the one shown; True when weights changed."""
-        from ..model.model import load_plain_state
-        from ..train import checkpoint as ckpt
-
         if self.run is None:
             return False
         found = ckpt.list_checkpoints(self.run)
@@ -341,41 +332,15 @@ class CameraPath:
         fov = math.radians(self.fov_deg) if self.fov_deg > 0 else fov
         return ViewCamera(cam.c2w, fov, self.width / self.height)
 
-    def to_mip360(self) -> dict:
-        """mip360's camera-path format, in the normalized scene."""
-        return {"width": self.width, "height": self.height, "fps": self.fps, "space": "normalized",
-                "frames": [{"c2w": np.asarray(c.c2w).tolist(), "fov_deg": math.degrees(c.fov_y)}
-                           for c in self.frames()],
-                "keyframes": [{"c2w": np.asarray(k.c2w).tolist(), "fov_deg": math.degrees(k.fov_y)}
-                              for k in self.keyframes]}
-
-    def to_nerfstudio(self, transform: np.ndarray) -> dict:
-        """nerfstudio's ``camera_path.json``: the input data's world, OpenGL axes, vertical fov in degrees.
+    def save(self, path: Path, fmt: str, transform: np.ndarray) -> Path:
+        """Write the path as ``fmt`` (nerfstudio | mip360) JSON, atomically (``runs.camera_paths``).
 
         Args:
             transform: (4, 4) input-to-normalized transform of the run (cameras.json).
         """
-        A, b = transform[:3, :3], transform[:3, 3]
-        scale = np.linalg.norm(transform[0, :3])
-        A_inv = np.linalg.inv(A)
-        path = []
-        for c in self.frames():
-            R = A_inv @ c.c2w[:, :3] * scale @ OPENGL_TO_OPENCV  # normalized -> input, OpenCV -> OpenGL
-            t = A_inv @ (c.c2w[:, 3] - b)
-            m = np.eye(4)
-            m[:3, :3], m[:3, 3] = R, t
-            path.append({"camera_to_world": m.flatten().tolist(), "fov": math.degrees(c.fov_y),
-                         "aspect": self.width / self.height})
-        return {"camera_type": "perspective", "render_width": self.width, "render_height": self.height,
-                "fps": self.fps, "seconds": self.duration_s, "camera_path": path}
-
-    def save(self, path: Path, fmt: str, transform: np.ndarray) -> Path:
-        """Write the path as ``fmt`` (nerfstudio | mip360) JSON, atomically."""
-        if fmt not in ("nerfstudio", "mip360"):
-            raise UserError(f"unknown camera-path format {fmt!r}", hint="nerfstudio or mip360")
-        data = self.to_nerfstudio(transform) if fmt == "nerfstudio" else self.to_mip360()
-        atomic_write_text(path, json.dumps(data, indent=1) + "\n")
-        return path
+        frames = [(c.c2w, c.fov_y) for c in self.frames()]
+        keys = [(k.c2w, k.fov_y) for k in self.keyframes]
+        return save_path_file(path, camera_path_json(frames, self.width, self.height, self.fps, fmt, transform, keys))
 
 
 __all__ = ["MODES", "ViewCamera", "ViewerCore", "RenderJob", "CameraPath", "camera_from_viser", "viser_pose",

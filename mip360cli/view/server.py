@@ -5,7 +5,6 @@ and a camera-path editor that saves files ``mip360 render --path`` reads.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..core.progress import info, warn
+from ..data.cameras import fov_from_focal
+from ..runs.hooks import TrainContext, TrainHook
 from .core import MODES, CameraPath, ViewCamera, ViewerCore, camera_from_viser, viser_pose
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -115,7 +116,7 @@ class Viewer:
         scale = 0.05 * float(extent)
         for i in pick:
             h, w = float(cams.height[i]), float(cams.width[i])
-            fov = 2 * math.atan(0.5 * h / float(cams.K[i][1, 1]))
+            fov = fov_from_focal(float(cams.K[i][1, 1]), h)
             wxyz, pos = viser_pose(cams.c2w[i])
             handle = self.server.scene.add_camera_frustum(
                 f"/training/{i:05d}", fov=fov, aspect=w / h, scale=scale, wxyz=wxyz, position=pos,
@@ -139,7 +140,7 @@ class Viewer:
             wxyz, pos = viser_pose(self.cameras.c2w[0])
             client.camera.wxyz, client.camera.position = wxyz, pos
             client.camera.look_at = pos + self.cameras.c2w[0][:, 2]
-            client.camera.fov = 2 * math.atan(0.5 * float(self.cameras.height[0]) / float(self.cameras.K[0][1, 1]))
+            client.camera.fov = fov_from_focal(float(self.cameras.K[0][1, 1]), float(self.cameras.height[0]))
 
         def request(_=None) -> None:
             self.core.request(client.client_id, self._client_camera(client), self._client_side(client))
@@ -330,6 +331,23 @@ class Viewer:
         self.server.stop()
 
 
+def serve_run(loaded, host: str, port: int, budget_ms: int, max_res: int, chunk: int | None,
+              follow_checkpoints: bool) -> Viewer:
+    """``mip360 view``: a viewer of a loaded run, rendering in a background thread.
+
+    Args:
+        loaded: a :class:`~mip360cli.runs.load.LoadedRun`; chunk: rays at once (None: the run's render.chunk_rays);
+        follow_checkpoints: load the run's newest checkpoint as training writes it.
+    """
+    if budget_ms < 1 or max_res < 16 or (chunk is not None and chunk < 1):
+        raise UserError("--budget-ms must be >= 1, --max-res >= 16 and --chunk >= 1")
+    core = ViewerCore(loaded.model, loaded.device, chunk=chunk or loaded.cfg.render.chunk_rays,
+                      budget_s=budget_ms / 1000, max_side=max_res, run=loaded.run if follow_checkpoints else None,
+                      checkpoint_step=loaded.step)
+    return Viewer(core, ShownCameras.training(loaded.cameras, loaded.train), loaded.transform,
+                  loaded.folder.camera_paths, host=host, port=port, title=f"mip360 · {loaded.run.name}")
+
+
 class TrainingViewer:
     """The viewer during training: it renders only between steps, for at most ``share`` of the time.
 
@@ -362,3 +380,26 @@ class TrainingViewer:
 
     def close(self) -> None:
         self.viewer.close()
+
+
+class ViewerHook(TrainHook):
+    """``mip360 train --viewer``: the web viewer on the model being trained, rendering between steps with
+    at most ``share`` of the time (:class:`TrainingViewer`)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 7007, budget_s: float = 0.1, share: float = 0.08):
+        self.host, self.port, self.budget_s, self.share = host, port, budget_s, share
+        self.live: TrainingViewer | None = None
+
+    def start(self, ctx: TrainContext) -> None:
+        core = ViewerCore(ctx.model, ctx.device, chunk=ctx.cfg.render.chunk_rays, budget_s=self.budget_s)
+        viewer = Viewer(core, ShownCameras.training(ctx.cameras, ctx.train), ctx.transform, ctx.run.camera_paths,
+                        host=self.host, port=self.port, background=False, title=f"mip360 · training {ctx.run.name}")
+        info(f"viewer of the training at {viewer.url}")
+        self.live = TrainingViewer(viewer, share=self.share)
+
+    def between_steps(self, step: int) -> None:
+        self.live.between_steps()
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.close()

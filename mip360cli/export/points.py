@@ -21,7 +21,43 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.files import atomic_path
 from ..core.progress import info, progress_bar
-from .run import LoadedRun, View, path_views, render_image
+from ..runs.load import LoadedRun
+from ..runs.views import View, render_image
+
+
+@dataclass
+class PointOptions:
+    """How ``mip360 export`` turns depth maps into points (the command's options, same names)."""
+
+    points: int = 1_000_000
+    """At most this many points (a random subset)."""
+    split: str = "train"
+    """Views to take depth from: train | test | all."""
+    ratio: float | None = None
+    """Image scale against the original photos (None: the training ratio)."""
+    min_opacity: float = 0.9
+    tolerance: float = 0.01
+    neighbours: int = 4
+    min_agree: int = 1
+    bound: float = 1.0
+    normals: bool = False
+    normalized: bool = False
+    seed: int = 0
+
+    def check(self) -> None:
+        """One UserError for the first value out of its range."""
+        checks = [
+            (self.split in ("train", "test", "all"), f"--split {self.split!r}: choose train, test or all"),
+            (self.points >= 1, f"--points must be >= 1, got {self.points}"),
+            (0 <= self.min_opacity <= 1, f"--min-opacity must be in [0, 1], got {self.min_opacity}"),
+            (self.tolerance > 0, f"--tolerance must be > 0, got {self.tolerance}"),
+            (self.neighbours >= 1, f"--neighbours must be >= 1, got {self.neighbours}"),
+            (self.min_agree >= 0, f"--min-agree must be >= 0 (0: no check), got {self.min_agree}"),
+            (self.bound >= 0, f"--bound must be >= 0 (0: no limit), got {self.bound}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
 
 
 @dataclass
@@ -126,28 +162,21 @@ def neighbours_of(centers: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(d, axis=1)[:, :k]
 
 
-def export_points(loaded: LoadedRun, out: Path, points: int = 1_000_000, split: str = "train",
-                  ratio: float | None = None, min_opacity: float = 0.9, tolerance: float = 0.01,
-                  neighbours: int = 4, min_agree: int = 1, bound: float = 1.0, normals: bool = False,
-                  normalized: bool = False, seed: int = 0) -> ExportSummary:
-    """Render the views of ``split``, turn their pixels into points, filter and write ``out`` (PLY).
+def export_points(loaded: LoadedRun, out: Path, opts: PointOptions | None = None) -> ExportSummary:
+    """Render the views of ``opts.split``, turn their pixels into points, filter and write ``out`` (PLY).
 
     Depth maps go to a scratch folder beside ``out`` (removed at the end), so memory holds
     one view and its neighbours at a time, whatever the number of views.
     """
-    if points < 1:
-        raise UserError(f"--points must be >= 1, got {points}")
-    if not 0 <= min_opacity <= 1:
-        raise UserError(f"--min-opacity must be in [0, 1], got {min_opacity}")
-    if tolerance <= 0:
-        raise UserError(f"--tolerance must be > 0, got {tolerance}")
+    opts = opts or PointOptions()
+    opts.check()
     views: list[View] = []
-    for part in (("train", "test") if split == "all" else (split,)):
-        if part == "test" and split == "all" and len(loaded.test) == 0:
+    for part in (("train", "test") if opts.split == "all" else (opts.split,)):
+        if part == "test" and opts.split == "all" and len(loaded.test) == 0:
             continue
-        views += path_views(loaded, part, 0, ratio)
-    if len(views) < 2 and min_agree > 0:
-        raise UserError(f"the {split} split has {len(views)} view(s); the depth check needs at least 2",
+        views += loaded.views(part, opts.ratio)
+    if len(views) < 2 and opts.min_agree > 0:
+        raise UserError(f"the {opts.split} split has {len(views)} view(s); the depth check needs at least 2",
                         hint="use --split all, or --min-agree 0 to keep unchecked points")
     scratch = out.parent / f".{out.name}.views"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -162,9 +191,9 @@ def export_points(loaded: LoadedRun, out: Path, points: int = 1_000_000, split: 
                          acc=r["acc"].astype(np.float16), depth=r["median_depth"].astype(np.float32))
                 bar.advance(1)
         view_data = lambda i: np.load(scratch / f"{i}.npz", allow_pickle=False)  # noqa: E731
-        near_views = neighbours_of(np.array([v.c2w[:, 3] for v in views]), neighbours)
-        per_view = -(-2 * points // len(views))  # a bounded random share of each view's points
-        rng = np.random.default_rng(seed)
+        near_views = neighbours_of(np.array([v.c2w[:, 3] for v in views]), opts.neighbours)
+        per_view = -(-2 * opts.points // len(views))  # a bounded random share of each view's points
+        rng = np.random.default_rng(opts.seed)
         kept_xyz, kept_rgb, kept_n, candidates = [], [], [], 0
         far = loaded.cfg.data.far
         with progress_bar("filtering points", len(views), "views") as bar:
@@ -172,9 +201,9 @@ def export_points(loaded: LoadedRun, out: Path, points: int = 1_000_000, split: 
                 d = view_data(i)
                 depth, acc = d["depth"], d["acc"]
                 xyz = unproject(depth, view.K, view.c2w)
-                mask = (acc >= np.float16(min_opacity)) & (depth < 0.999 * far)
-                if bound > 0:
-                    mask &= np.abs(xyz).max(-1) <= bound
+                mask = (acc >= np.float16(opts.min_opacity)) & (depth < 0.999 * far)
+                if opts.bound > 0:
+                    mask &= np.abs(xyz).max(-1) <= opts.bound
                 idx = np.flatnonzero(mask)
                 pts = xyz.reshape(-1, 3)[idx]
                 agree = np.zeros(len(idx), int)
@@ -186,8 +215,8 @@ def export_points(loaded: LoadedRun, out: Path, points: int = 1_000_000, split: 
                     ui = np.clip(np.nan_to_num(u).astype(int), 0, w - 1)
                     vi = np.clip(np.nan_to_num(v).astype(int), 0, h - 1)
                     seen = nb["depth"][vi, ui]
-                    agree += inside & (np.abs(seen - z) <= tolerance * np.maximum(z, 1e-9))
-                good = agree >= min(min_agree, len(near_views[i]))
+                    agree += inside & (np.abs(seen - z) <= opts.tolerance * np.maximum(z, 1e-9))
+                good = agree >= min(opts.min_agree, len(near_views[i]))
                 idx, pts = idx[good], pts[good]
                 candidates += len(idx)
                 if len(idx) > per_view:
@@ -195,7 +224,7 @@ def export_points(loaded: LoadedRun, out: Path, points: int = 1_000_000, split: 
                     idx, pts = idx[pick], pts[pick]
                 kept_xyz.append(pts)
                 kept_rgb.append(d["rgb"].reshape(-1, 3)[idx])
-                if normals:
+                if opts.normals:
                     kept_n.append(depth_normals(xyz, view.c2w).reshape(-1, 3)[idx])
                 bar.advance(1)
     finally:
@@ -205,12 +234,12 @@ def export_points(loaded: LoadedRun, out: Path, points: int = 1_000_000, split: 
         raise UserError("no point passed the filters", hint="lower --min-opacity, raise --tolerance, or "
                                                             "check that the run is trained (mip360 eval)")
     rgb = np.concatenate(kept_rgb)
-    nrm = np.concatenate(kept_n) if normals else None
-    if len(xyz) > points:
-        pick = np.sort(rng.choice(len(xyz), points, replace=False))
+    nrm = np.concatenate(kept_n) if opts.normals else None
+    if len(xyz) > opts.points:
+        pick = np.sort(rng.choice(len(xyz), opts.points, replace=False))
         xyz, rgb = xyz[pick], rgb[pick]
         nrm = nrm[pick] if nrm is not None else None
-    if not normalized:  # back to the input world: p = T^-1 [p_n, 1]
+    if not opts.normalized:  # back to the input world: p = T^-1 [p_n, 1]
         inv = np.linalg.inv(loaded.transform)
         xyz = xyz @ inv[:3, :3].T + inv[:3, 3]
         if nrm is not None:
@@ -218,6 +247,7 @@ def export_points(loaded: LoadedRun, out: Path, points: int = 1_000_000, split: 
             nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12)
     write_ply(out, xyz.astype(np.float32), rgb,
               None if nrm is None else nrm.astype(np.float32))
-    frame = "the normalized scene" if normalized else "the input world: the dataset's own coordinates and units"
+    frame = ("the normalized scene" if opts.normalized
+             else "the input world: the dataset's own coordinates and units")
     info(f"{len(xyz):,} points of {candidates:,} that passed the filters, from {len(views)} views -> {out}")
     return ExportSummary(out, len(xyz), candidates, len(views), frame)

@@ -29,6 +29,14 @@ def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def remove_checkpoints(run: Path) -> int:
+    """Delete the run's checkpoints (``--restart``); return how many there were."""
+    found = list_checkpoints(run)
+    for _, p in found:
+        p.unlink(missing_ok=True)
+    return len(found)
+
+
 def remove_leftovers(run: Path) -> list[Path]:
     """Delete the temporary files of checkpoint writes that a killed process left; return them."""
     d = checkpoint_dir(run)
@@ -174,6 +182,30 @@ def upgrade_checkpoint(path: Path) -> bool:
                         hint="it was not written by mip360, or by a version that stored other objects") from None
     _write(path, state)
     return True
+
+
+def upgrade_all(path: Path, trust: bool) -> list[tuple[Path, str]]:
+    """``mip360 checkpoint upgrade``: convert a checkpoint file, or every checkpoint of a run folder.
+
+    Returns (file, "already plain" | "converted") for each. Without ``trust`` nothing is unpickled:
+    a file that needs converting is an error.
+    """
+    if path.is_dir():
+        files = [p for _, p in list_checkpoints(path)]
+        if not files:
+            raise UserError(f"{path} has no checkpoints (checkpoints/step_NNNNNNN.pt)")
+    elif path.exists():
+        files = [path]
+    else:
+        raise UserError(f"{path} does not exist", hint="give a checkpoint file or a run folder")
+    todo = [f for f in files if not is_plain(f)]  # reading with weights_only=True runs nothing
+    if todo and not trust:
+        raise UserError(f"not converting {len(todo)} checkpoint(s) of {path}: converting unpickles them, which "
+                        "runs any code they name", hint="add --trust if you trust where they come from "
+                                                        "(you or someone you trust wrote them)")
+    for f in todo:
+        upgrade_checkpoint(f)
+    return [(f, "converted" if f in todo else "already plain") for f in files]
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -1,0 +1,1 @@
+"""Exports of a trained run: a coloured point cloud (points.py)."""

@@ -1,0 +1,110 @@
+"""Opening a trained run: its config, the model of a checkpoint on a device, its cameras and split.
+
+render, eval, view, export and the Python API open a run through :func:`load_run`; the model a
+stage trains or renders is built by :func:`build_model`, which applies the run's precision and
+compile settings the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config, load_config
+from ..core.device import compile_enabled, mlp_dtype, resolve_device
+from ..core.errors import UserError
+from ..data.cameras import Cameras
+from ..model.model import Mip360, load_plain_state
+from . import checkpoints as ckpt
+from .cameras_file import read_cameras_json
+from .folder import RunFolder
+from .views import View, split_views
+
+
+def build_model(cfg: Config, device: torch.device) -> Mip360:
+    """The model of ``cfg`` on ``device``, in the precision and compiled state ``cfg.train`` asks for there.
+
+    Weights are freshly initialized (seeded by the caller); load a checkpoint with
+    :func:`~mip360cli.model.model.load_plain_state`.
+    """
+    model = Mip360.from_config(cfg.model, cfg.data).to(device)
+    model.mlp_dtype = mlp_dtype(cfg.train.precision, device)
+    model.recompute_proposal = cfg.train.recompute_proposal
+    if compile_enabled(cfg.train.compile, device):  # in fixed-size chunks when rendering
+        model.compile_forward()
+    return model
+
+
+@dataclass
+class LoadedRun:
+    """A trained run ready to render: its config, model, cameras (normalized, at the cache's resolution)."""
+
+    run: Path
+    cfg: Config
+    model: Mip360
+    step: int
+    cameras: Cameras
+    transform: np.ndarray
+    """(4, 4) input world -> normalized world."""
+    train: np.ndarray
+    test: np.ndarray
+    cache_path: Path | None
+    device: torch.device
+    cache_fingerprint: str | None = None
+    """The fingerprint of the cache the checkpoint was trained on (its held-out photos are only valid then)."""
+    checkpoint: Path | None = None
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run)
+
+    @property
+    def scale(self) -> float:
+        """Normalized units per input unit."""
+        return float(np.linalg.norm(self.transform[0, :3]))
+
+    def views(self, split: str, ratio: float | None = None) -> list[View]:
+        """The ``test`` or ``train`` cameras at ``ratio`` of the original photos (default: the training ratio)."""
+        idx = self.test if split == "test" else self.train
+        return split_views(self.cameras, idx, self.image_scale(ratio), split)
+
+    def image_scale(self, ratio: float | None) -> float:
+        """The factor from the cameras' size (the training ratio) to ``ratio`` of the original photos."""
+        return (ratio if ratio else self.cfg.data.ratio) / self.cfg.data.ratio
+
+
+def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torch.device | str | None = None,
+             render: dict | None = None) -> LoadedRun:
+    """Open the run folder ``run`` with its latest checkpoint (or ``checkpoint``) on ``device`` (default auto).
+
+    ``render``: values of the ``render`` config section that replace the run's own (``chunk_rays``).
+    """
+    folder = RunFolder(Path(run))
+    if not folder.config.exists():
+        raise UserError(f"{folder.path} is not a mip360 run (no config.yaml)",
+                        hint="give the folder `mip360 train` wrote (--run), e.g. runs/<scene>")
+    cfg = load_config(folder.config, outside_base="error")  # a run's config reaches no other file
+    if render:
+        cfg.render = dataclasses.replace(cfg.render, **render)
+    if checkpoint is None:
+        found = ckpt.list_checkpoints(folder.path)
+        if not found:
+            raise UserError(f"{folder.path} has no checkpoint yet",
+                            hint=f"train it first: mip360 train DATA --run {folder.path}")
+        checkpoint = found[-1][1]
+    state = ckpt.load_checkpoint(Path(checkpoint))
+    device = resolve_device(device or "auto") if not isinstance(device, torch.device) else device
+    model = build_model(cfg, device)
+    try:
+        load_plain_state(model, state["model"])  # runs trained with train.compile=true too
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {checkpoint} does not fit the model of {folder.config}: "
+                        f"{str(e).splitlines()[0]}") from None
+    model.eval()
+    meta = read_cameras_json(folder.cameras, folder.path)
+    return LoadedRun(folder.path, cfg, model, int(state["step"]), meta.cameras, meta.transform, meta.train, meta.test,
+                     meta.cache, device, state.get("cache_fingerprint"), Path(checkpoint))

@@ -1,0 +1,44 @@
+"""Rendering one camera of a run, and the cameras of its splits at a given image scale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import UserError
+from ..data.cameras import Cameras, image_rays
+from ..model.model import Mip360, render_rays
+
+
+@dataclass
+class View:
+    """A camera to render: (3, 3) K, (3, 4) c2w (normalized scene, OpenCV axes), (5,) distortion or None."""
+
+    name: str
+    K: np.ndarray
+    c2w: np.ndarray
+    dist: np.ndarray | None
+    width: int
+    height: int
+
+
+def render_image(model: Mip360, K: np.ndarray, c2w: np.ndarray, dist: np.ndarray | None, width: int, height: int,
+                 chunk: int | str, device: torch.device, depth: bool = True) -> dict[str, np.ndarray]:
+    """Render one camera: rgb (H, W, 3), acc, mean_depth, median_depth (H, W), float32 numpy, scene units.
+
+    ``chunk``: rays at once, or ``auto`` (``render.chunk_rays``, see :func:`~mip360cli.model.model.chunk_rays`).
+    """
+    out = render_rays(model, *image_rays(K, c2w, dist, width, height, device), chunk, depth=depth)
+    return {k: x.float().cpu().numpy().reshape(height, width, *x.shape[1:]) for k, x in out.items()}
+
+
+def split_views(cameras: Cameras, indices: np.ndarray, scale: float, split: str) -> list[View]:
+    """The cameras ``indices`` of a split, their images scaled by ``scale``, named after their photos."""
+    if len(indices) == 0:
+        raise UserError(f"the run has no {split} views", hint="it was trained with data.test_every=0")
+    sub = cameras.select(indices).scaled(scale)
+    return [View(Path(sub.names[i]).stem, sub.K[i], sub.c2w[i], sub.dist[i], int(sub.width[i]), int(sub.height[i]))
+            for i in range(len(sub))]

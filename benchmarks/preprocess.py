@@ -69,7 +69,7 @@ def timed_child(cmd: list[str]) -> tuple[float, int, str]:
 DECODE_ONLY = """
 import sys, time
 from pathlib import Path
-from mip360cli.data.cache import ordered_map
+from mip360cli.data.cache.shuffle import ordered_map
 from mip360cli.data.images import read_image, list_images
 files = list_images(Path(sys.argv[1]) / "images")
 t = time.perf_counter()

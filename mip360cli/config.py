@@ -485,7 +485,8 @@ def parse_render_args(overrides: Sequence[str], ratio: float | None = None, dept
             ratio = convert_override(key, value, "render option") if ratio is None else ratio
         elif key in ("vis_depth_map", "vis_median_depth"):
             if command != "render":
-                raise UserError(f"{command} takes no vis_depth_map / vis_median_depth", hint="they are options of render")
+                raise UserError(f"{command} takes no vis_depth_map / vis_median_depth",
+                                hint="they are options of render")
             if not isinstance(value, bool):
                 raise UserError(f"render option '{text}': {key} must be true or false")
             flags[key] = value

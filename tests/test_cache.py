@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from mip360cli.config import CacheConfig, DataConfig
-from mip360cli.data import cache as cache_mod
+from mip360cli.data.cache import format as cache_format
+from mip360cli.data.cache import shuffle, writer
 from mip360cli.data.cache import RayCache, build_cache
 from mip360cli.data.images import read_image
 from mip360cli.core.errors import UserError
@@ -55,10 +56,10 @@ def test_buckets_are_random_samples_of_all_images(scenes, tmp_path):
 def test_spilled_runs_give_the_same_cache(scenes, tmp_path, monkeypatch):
     build_cache(scenes["colmap"], DataConfig(), SMALL, out=tmp_path / "mem.h5")
     # A tiny memory budget: 16 MiB / 2**17 bytes per ray = 128 rays per run -> many spilled runs.
-    monkeypatch.setattr(cache_mod, "_BUFFER_BYTES_PER_RAY", 2**17)
+    monkeypatch.setattr(shuffle, "BUFFER_BYTES_PER_RAY", 2**17)
     spilled = []
-    real_add = cache_mod._Runs.add
-    monkeypatch.setattr(cache_mod._Runs, "add", lambda self, *a, spill: (spilled.append(spill),
+    real_add = shuffle.BucketBlocks.add
+    monkeypatch.setattr(shuffle.BucketBlocks, "add", lambda self, *a, spill: (spilled.append(spill),
                                                                            real_add(self, *a, spill=spill)))
     build_cache(scenes["colmap"], DataConfig(), CacheConfig(bucket_rays=2048, memory_mb=16),
                 out=tmp_path / "disk.h5")
@@ -116,7 +117,7 @@ def test_interrupted_build_leaves_the_old_cache_and_no_temp_files(scene_copy, mo
     build_cache(root, DataConfig(), SMALL)
     before = (root / "mip360_cache.h5").read_bytes()
     calls = []
-    real = cache_mod.decode_for_cache
+    real = writer.decode_for_cache
 
     def dying(scene, i, options):
         calls.append(i)
@@ -124,25 +125,25 @@ def test_interrupted_build_leaves_the_old_cache_and_no_temp_files(scene_copy, mo
             raise KeyboardInterrupt  # as if killed (Ctrl-C) in the middle of the write
         return real(scene, i, options)
 
-    monkeypatch.setattr(cache_mod, "decode_for_cache", dying)
+    monkeypatch.setattr(writer, "decode_for_cache", dying)
     with pytest.raises(KeyboardInterrupt):
         build_cache(root, DataConfig(ratio=0.5), SMALL)
     assert (root / "mip360_cache.h5").read_bytes() == before
     assert not [p for p in root.iterdir() if "partial" in p.name]
-    monkeypatch.setattr(cache_mod, "decode_for_cache", real)
+    monkeypatch.setattr(writer, "decode_for_cache", real)
     assert build_cache(root, DataConfig(), SMALL).status == "up to date"
 
 
 def test_disk_full_is_a_clear_error_and_leaves_nothing(scene_copy, monkeypatch):
     root = scene_copy("colmap")
-    real = cache_mod._Runs.bucket
+    real = shuffle.BucketBlocks.bucket
 
     def full(self, b):
         if b == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, b)
 
-    monkeypatch.setattr(cache_mod._Runs, "bucket", full)
+    monkeypatch.setattr(shuffle.BucketBlocks, "bucket", full)
     with pytest.raises(UserError, match="disk is full"):
         build_cache(root, DataConfig(), SMALL)
     assert not [p for p in root.iterdir() if p.suffix in (".h5", ".partial") or "partial" in p.name]
@@ -172,13 +173,13 @@ def test_reader_rejects_incomplete_or_foreign_files(tmp_path):
 def test_gap_encoding_round_trips_with_overflow():
     rng = np.random.default_rng(0)
     ids = np.cumsum(rng.integers(1, 200_000, 1000)) + 12345  # many gaps above 65535
-    gaps, rows, values = cache_mod.encode_gaps(ids)
+    gaps, rows, values = cache_format.encode_gaps(ids)
     assert gaps.dtype == np.uint16 and len(rows) > 100 and (gaps[rows] == 0).all()
-    np.testing.assert_array_equal(cache_mod.decode_ids(gaps, ids[0], rows, values), ids)
+    np.testing.assert_array_equal(cache_format.decode_ids(gaps, ids[0], rows, values), ids)
 
 
 def test_overflowing_gaps_survive_the_cache(scenes, tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_mod, "_GAP_LIMIT", 3)  # most gaps overflow
+    monkeypatch.setattr(cache_format, "_GAP_LIMIT", 3)  # most gaps overflow
     build_cache(scenes["colmap"], DataConfig(), SMALL, out=tmp_path / "c.h5")
     with RayCache(tmp_path / "c.h5") as c:
         assert len(c.overflow_row) > c.n_rays // 2

@@ -161,12 +161,12 @@ def test_output_not_writable(colmap_scene, tmp_path, capsys):
 def test_disk_full(colmap_scene, capsys, monkeypatch):
     import errno
 
-    from mip360cli.data import cache
+    from mip360cli.data.cache import shuffle
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cache._Runs, "bucket", full)
+    monkeypatch.setattr(shuffle.BucketBlocks, "bucket", full)
     _fail(["preprocess", colmap_scene], capsys, "disk is full", "--out")
     # no cache and no temporary file; the lock file stays (removing it on release would race a second process)
     assert not [p for p in colmap_scene.iterdir() if "cache" in p.name and p.suffix != ".lock"]

@@ -37,7 +37,8 @@ def read_metrics(path: Path, warn_broken: bool = True) -> list[dict]:
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     if broken and warn_broken:
-        warn(f"{path}: dropped {broken} incomplete line(s) (an earlier run was stopped while writing, or the file is damaged)")
+        warn(f"{path}: dropped {broken} incomplete line(s) (an earlier run was stopped while writing, or the file "
+             "is damaged)")
     return records
 
 

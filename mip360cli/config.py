@@ -1,6 +1,6 @@
 """The one configuration schema shared by every stage.
 
-Typed dataclasses with the paper's numbers as defaults (ALGORITHM.md), loaded
+Typed dataclasses with the paper's numbers as defaults (docs/algorithm.md), loaded
 from YAML (a file may name a ``base:`` file it extends), overridden by dotted
 ``key=value`` arguments, validated with messages that name the key, the type
 it expects and, for unknown keys, the closest known ones.
@@ -112,7 +112,7 @@ class NerfConfig:
 
 @dataclass
 class ModelConfig:
-    """Fields and sampling (ALGORITHM.md sections 3-5)."""
+    """Fields and sampling (docs/algorithm.md §3-5)."""
 
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     prop: ProposalConfig = field(default_factory=ProposalConfig)
@@ -125,7 +125,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimization (ALGORITHM.md section 7)."""
+    """Optimization (docs/algorithm.md §7)."""
 
     max_steps: int = 250_000
     batch_rays: int = 16384

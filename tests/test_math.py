@@ -1,4 +1,4 @@
-"""The pure math against ALGORITHM.md's reference values, brute-force versions and gradcheck."""
+"""The pure math against the reference values of docs/algorithm.md, brute-force versions and gradcheck."""
 
 import math
 

@@ -1,6 +1,6 @@
 """Cameras in the one convention used inside mip360, and rays from them.
 
-Convention (ALGORITHM.md section 1): OpenCV camera axes (x right, y down,
+Convention (docs/algorithm.md §1): OpenCV camera axes (x right, y down,
 z forward), camera-to-world ``c2w`` (3, 4), per-image intrinsics ``K``,
 pixel centers at ``(u + 0.5, v + 0.5)``. Lens distortion uses OpenCV's
 coefficients ``(k1, k2, p1, p2, k3)`` on normalized image coordinates.
@@ -212,7 +212,7 @@ def look_at(position: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndar
 
 
 def normalize_poses(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Center, rotate and scale poses of an unbounded 360 capture (ALGORITHM.md 1).
+    """Center, rotate and scale poses of an unbounded 360 capture (docs/algorithm.md §1).
 
     Center = mean camera position; rotation = PCA of the positions with the
     third axis "up" (its sign such that the mean camera up vector, -y in

@@ -1,4 +1,4 @@
-"""PSNR and SSIM exactly as ALGORITHM.md section 8 (multinerf's definitions). Pure functions."""
+"""PSNR and SSIM exactly as docs/algorithm.md §8 (multinerf's definitions). Pure functions."""
 
 from __future__ import annotations
 

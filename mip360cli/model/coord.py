@@ -1,4 +1,4 @@
-"""Scene contraction and the normalized-disparity warp (ALGORITHM.md section 2). Pure functions."""
+"""Scene contraction and the normalized-disparity warp (docs/algorithm.md §2). Pure functions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Positional encodings and the proposal / NeRF MLPs (ALGORITHM.md section 4)."""
+"""Positional encodings and the proposal / NeRF MLPs (docs/algorithm.md §4)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def icosahedron_basis(tessellation: int = 2) -> np.ndarray:
 # Every matrix the MLPs multiply has dimensions that are multiples of this, so that GPUs take their fast
 # tensor-core kernels (Hopper falls back to slow ones for odd sizes such as 75, 1099 or 283): encodings are
 # padded with zero features, heads with unused outputs. Initialization uses the true fan-in, so the model is
-# the same function with the same init distribution as without padding (ALGORITHM.md 4).
+# the same function with the same init distribution as without padding (docs/algorithm.md §4).
 ALIGN = 16
 
 
@@ -182,7 +182,7 @@ class ProposalMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., 3) contracted points -> (...) density."""
-        # the head's activation in fp32 whatever the matmuls ran in (ALGORITHM.md 4)
+        # the head's activation in fp32 whatever the matmuls ran in (docs/algorithm.md §4)
         return density_activation(self.density(self.trunk(self.encoding(x)))[..., 0].float())
 
 

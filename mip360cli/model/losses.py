@@ -1,4 +1,4 @@
-"""Losses and PSNR (ALGORITHM.md sections 6, 8). Pure functions."""
+"""Losses and PSNR (docs/algorithm.md §6, §8). Pure functions."""
 
 from __future__ import annotations
 

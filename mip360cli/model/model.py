@@ -45,7 +45,7 @@ def load_plain_state(model: "Mip360", state: dict) -> None:
 
 
 def dilations(samples: list[int], bias: float, multiplier: float) -> list[float]:
-    """Max-dilation applied before each level after the first (ALGORITHM.md 3).
+    """Max-dilation applied before each level after the first (docs/algorithm.md §3).
 
     ``bias + multiplier / prod(samples of the levels before)``.
 
@@ -61,7 +61,8 @@ def dilations(samples: list[int], bias: float, multiplier: float) -> list[float]
 
 
 class Mip360(nn.Module):
-    """Three-level sampler: proposal, proposal (one shared MLP), NeRF.
+    """The multi-level sampler: the proposal levels of ``model.prop.samples`` (all evaluated by one shared
+    proposal MLP), then the NeRF level (64, 64, 32 samples by default).
 
     Args:
         cfg: the ``model`` config section.

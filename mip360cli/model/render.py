@@ -1,8 +1,10 @@
-"""Volume rendering: weights, compositing, mean and median depth (ALGORITHM.md 5). Pure functions."""
+"""Volume rendering: weights, compositing, mean and median depth (docs/algorithm.md §5). Pure functions."""
 
 from __future__ import annotations
 
 import torch
+
+from . import stepfun
 
 
 def alpha_weights(density: torch.Tensor, t: torch.Tensor, directions: torch.Tensor,
@@ -54,13 +56,15 @@ def mean_depth(weights: torch.Tensor, t: torch.Tensor, near: float, far: float) 
 def median_depth(weights: torch.Tensor, t: torch.Tensor, near: float, far: float) -> torch.Tensor:
     """Where the piecewise-linear CDF of the weights reaches 0.5, clipped to [near, far]: (R,).
 
-    The background weight ``1 - sum w`` is appended as one more interval ending at ``far``.
+    The background weight ``1 - sum w`` is appended as one more interval ending at ``far``; the CDF is
+    the step function's integral (:func:`~mip360cli.model.stepfun.integrate_weights`).
+
+    Example:
+        >>> t = torch.tensor([[1.0, 2, 3, 4]])
+        >>> round(median_depth(torch.tensor([[0.1, 0.3, 0.4]]), t, 0.2, 100.0).item(), 4)
+        3.25
     """
     t_ext = torch.cat([t, torch.full_like(t[..., :1], far)], dim=-1)
     w_ext = torch.cat([weights, (1 - weights.sum(-1, keepdim=True)).clamp_min(0)], dim=-1)
-    cdf = torch.cat([torch.zeros_like(w_ext[..., :1]), torch.cumsum(w_ext[..., :-1], dim=-1).clamp_max(1),
-                     torch.ones_like(w_ext[..., :1])], dim=-1)
-    from .stepfun import interp
-
     half = torch.full_like(t[..., :1], 0.5)
-    return interp(half, cdf, t_ext)[..., 0].clamp(near, far)
+    return stepfun.interp(half, stepfun.integrate_weights(w_ext), t_ext)[..., 0].clamp(near, far)

@@ -1,7 +1,7 @@
 """Step functions on sorted edges: sampling, dilation, annealing, outer measure. Pure functions.
 
 A step function along a ray is ``t`` (..., n+1) sorted edges and ``w`` (..., n)
-non-negative weights of the n intervals (ALGORITHM.md section 3).
+non-negative weights of the n intervals (docs/algorithm.md §3).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def max_dilate_bruteforce(t: torch.Tensor, w: torch.Tensor, dilation: float,
 def max_dilate_weights(t: torch.Tensor, w: torch.Tensor, dilation: float,
                        domain: tuple[float, float] = (-float("inf"), float("inf")),
                        renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dilate weights by max-pooling their pdf (ALGORITHM.md 3); optionally renormalize to sum 1.
+    """Dilate weights by max-pooling their pdf (docs/algorithm.md §3); optionally renormalize to sum 1.
 
     Returns t_dilate (..., 3k+1), w_dilate (..., 3k).
     """

@@ -1,4 +1,4 @@
-"""Learning-rate schedule (ALGORITHM.md section 7). Pure function."""
+"""Learning-rate schedule (docs/algorithm.md §7). Pure function."""
 
 from __future__ import annotations
 

@@ -224,6 +224,7 @@ def train_cmd(
     from .core import distributed
     from .runs.checkpoints import remove_checkpoints
     from .train.loop import Interrupted, check_buckets, default_run, train
+    from .view.server import ViewerHook
 
     cfg = load_config(config, overrides or [], {"train.device": device})
     explicit = explicit_keys(overrides or [])
@@ -235,11 +236,7 @@ def train_cmd(
         _relaunch(ctx, gpus, "training", "fix the problem, then run the same command again to resume",
                   nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts)
         return
-    hooks = []
-    if viewer:
-        from .view.server import ViewerHook
-
-        hooks.append(ViewerHook(viewer_host, viewer_port))
+    hooks = [ViewerHook(viewer_host, viewer_port)] if viewer else []
     try:
         s = train(data, run, cfg, restart=restart, explicit=explicit, hooks=hooks)
     except Interrupted as e:

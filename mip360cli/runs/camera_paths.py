@@ -20,7 +20,7 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..core.files import MIB, atomic_write_text, read_json_bounded
-from ..data.cameras import OPENGL_TO_OPENCV, intrinsics_from_fov
+from ..data.cameras import OPENGL_TO_OPENCV, intrinsics_from_fov, transform_poses
 
 FORMATS = ("nerfstudio", "mip360")
 LIMIT = 256 * MIB
@@ -45,15 +45,11 @@ def camera_path_json(frames: list[tuple[np.ndarray, float]], width: int, height:
                 "frames": [{"c2w": np.asarray(c2w).tolist(), "fov_deg": math.degrees(fov)} for c2w, fov in frames],
                 "keyframes": [{"c2w": np.asarray(c2w).tolist(), "fov_deg": math.degrees(fov)}
                               for c2w, fov in keyframes]}
-    A, b = transform[:3, :3], transform[:3, 3]
-    scale = np.linalg.norm(transform[0, :3])
-    A_inv = np.linalg.inv(A)
+    inputs = transform_poses(np.linalg.inv(transform), np.stack([c2w for c2w, _ in frames]))  # -> input world
     path = []
-    for c2w, fov in frames:
-        R = A_inv @ c2w[:, :3] * scale @ OPENGL_TO_OPENCV  # normalized -> input, OpenCV -> OpenGL
-        t = A_inv @ (c2w[:, 3] - b)
+    for (_, fov), c2w in zip(frames, inputs):
         m = np.eye(4)
-        m[:3, :3], m[:3, 3] = R, t
+        m[:3, :3], m[:3, 3] = c2w[:, :3] @ OPENGL_TO_OPENCV, c2w[:, 3]  # OpenCV -> OpenGL axes
         path.append({"camera_to_world": m.flatten().tolist(), "fov": math.degrees(fov), "aspect": width / height})
     return {"camera_type": "perspective", "render_width": width, "render_height": height, "fps": fps,
             "seconds": len(frames) / fps, "camera_path": path}
@@ -120,7 +116,6 @@ def load_path_file(path: Path, transform: np.ndarray, default_size: tuple[int, i
                 raise UserError(f"{path}: frame {i}: the field of view must be between 0 and 180 degrees, got {fov}")
         frames.append({"c2w": m, "fov_deg": fov, "gl": nerfstudio})
     poses, Ks = [], []
-    scale = np.linalg.norm(transform[0, :3])
     for i, f in enumerate(frames):
         m = f["c2w"]
         if m.shape not in ((3, 4), (4, 4)) or not np.all(np.isfinite(m)):
@@ -133,10 +128,8 @@ def load_path_file(path: Path, transform: np.ndarray, default_size: tuple[int, i
                             hint="poses must be rigid: no scale, shear or mirror in the 3x3 part")
         if f["gl"]:
             R = R @ OPENGL_TO_OPENCV
-        if space == "input":
-            R = transform[:3, :3] @ R / scale
-            t = transform[:3, :3] @ t + transform[:3, 3]
-        poses.append(np.concatenate([R, t[:, None]], 1))
+        pose = np.concatenate([R, t[:, None]], 1)
+        poses.append(transform_poses(transform, pose[None])[0] if space == "input" else pose)
         if f["fov_deg"]:
             Ks.append(intrinsics_from_fov(math.radians(f["fov_deg"]), w, h))
         else:

@@ -607,6 +607,10 @@ def check_ranges(cfg: Config) -> None:
 # ----------------------------------------------------------------------------- saving
 
 
+CONFIG_HEADER = "# resolved mip360 config"
+"""The first line of every config mip360 writes (a run's config.yaml): how a run folder is recognized."""
+
+
 def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -624,6 +628,6 @@ def config_from_dict(data: dict, where: str = "config") -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    text = "# resolved mip360 config: every value this stage used\n"
+    text = f"{CONFIG_HEADER}: every value this stage used\n"
     text += yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     atomic_write_text(path, text)

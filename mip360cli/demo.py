@@ -74,7 +74,8 @@ def run_demo(opts: DemoOptions) -> DemoResult:
 
 def _example_scene(scene: Path, opts: DemoOptions) -> bool:
     """Write the example scene unless the one there is what the demo asks for; True when written."""
-    wanted = {"format": "colmap", "images": IMAGES, "width": opts.width, "height": opts.height, "distortion": 0.0}
+    wanted = {"format": "colmap", "images": IMAGES, "width": opts.width, "height": opts.height, "distortion": 0.0,
+              "complete": True}
     info_file = scene / "example.json"
     current = read_json_bounded(info_file, "the example scene's description", 64 * KIB) if info_file.exists() else {}
     if isinstance(current, dict) and all(current.get(k) == v for k, v in wanted.items()):

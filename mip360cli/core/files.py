@@ -1,10 +1,12 @@
-"""Atomic file writes: a temp file beside the target, renamed when complete."""
+"""Files: atomic writes (a temp file beside the target, renamed when complete), locks, bounded reads of
+untrusted files, and telling the files mip360 wrote from the user's."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -201,3 +203,40 @@ def _size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:,.1f} {unit}"
     return f"{n} bytes"
+
+
+# ----------------------------------------------------------------------------- what mip360 wrote
+
+_TEMP = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.partial(\..*)?")
+
+
+def temp_target(name: str) -> str | None:
+    """The name of the file an :func:`atomic_path` temporary file ``name`` was to become, or None when
+    ``name`` is not such a temporary file (``.frame.png.k1ll3dx.partial`` -> ``frame.png``)."""
+    m = _TEMP.fullmatch(name)
+    return m.group("target") if m else None
+
+
+def files_below(folder: Path, limit: int = 100_000) -> list[Path]:
+    """The files (and links) under ``folder``, relative to it, sorted; at most ``limit`` of them."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        base = Path(dirpath)
+        found += [(base / n).relative_to(folder) for n in filenames]
+        found += [(base / d).relative_to(folder) for d in dirnames if (base / d).is_symlink()]
+        if len(found) >= limit:
+            break
+    return sorted(found)[:limit]
+
+
+def listing(items, shown: int = 3) -> str:
+    """``a, b, c and 4 more``."""
+    items = [str(i) for i in items]
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def refuse_foreign(folder: Path, foreign: list, what: str, hint: str) -> None:
+    """One UserError naming the files in ``folder`` that mip360 did not write (when there are any)."""
+    if foreign:
+        raise UserError(f"{folder} holds {len(foreign)} file(s) mip360 did not write ({listing(foreign)}); "
+                        f"{what}", hint=hint)

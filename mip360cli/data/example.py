@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import UserError
+from ..core.files import atomic_write_text, files_below, is_disk_full, refuse_foreign
 from .cameras import Cameras, look_at, undistort_pixels_cv2
 from .formats import READERS, colmap, easymocap, llff, transforms
 from .images import write_image
@@ -251,11 +252,34 @@ def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width
         The cameras in the scene's world (OpenCV axes).
     """
     out = Path(out)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt}")
-    if fmt == "llff" and distortion:
-        raise ValueError("LLFF cannot store lens distortion")
+    check_example_options(fmt, n_images, width, height, distortion)
+    check_example_folder(out)
+    try:
+        return _write_example(out, fmt, n_images, width, height, distortion, colmap_binary, progress, texture)
+    except OSError as e:
+        if is_disk_full(e):
+            raise UserError(f"the disk is full: the example scene in {out} is incomplete",
+                            hint="free some space and run the same command again") from e
+        raise UserError(f"cannot write the example scene into {out}: {e.strerror or e}") from e
+
+
+def check_example_folder(out: Path) -> None:
+    """Refuse to write the example into a folder that holds files of someone else's (an example scene,
+    recognized by its example.json, is written over)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder", hint="give a folder for the example scene")
+    if out.is_dir() and not (out / "example.json").is_file():
+        refuse_foreign(out, files_below(out, limit=1000), "the example scene is written only into a new or "
+                       "empty folder, or over an earlier example", hint="give another folder")
+
+
+def _write_example(out: Path, fmt: str, n_images: int, width: int, height: int, distortion: float,
+                   colmap_binary: bool, progress, texture: bool) -> Cameras:
+    info = {"format": fmt, "images": n_images, "width": width, "height": height, "distortion": distortion,
+            "texture": texture, "world_up": [0, 0, 1], "enclosure_radius": ENCLOSURE_RADIUS}
     out.mkdir(parents=True, exist_ok=True)
+    # first: the folder is an example's (a killed run can be run again); "complete" once all is written
+    atomic_write_text(out / "example.json", json.dumps({**info, "complete": False}, indent=2) + "\n")
     cams = ring_cameras(n_images, width, height, distortion=distortion)
     rel = [image_relpath(fmt, n) for n in cams.names]
     depth_ranges = []
@@ -275,7 +299,5 @@ def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width
         transforms.write(out, cams, rel)
     else:
         easymocap.write(out, cams.replace(names=tuple(Path(n).stem for n in cams.names)))
-    info = {"format": fmt, "images": n_images, "width": width, "height": height, "distortion": distortion,
-            "texture": texture, "world_up": [0, 0, 1], "enclosure_radius": ENCLOSURE_RADIUS}
-    (out / "example.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_text(out / "example.json", json.dumps({**info, "complete": True}, indent=2) + "\n")
     return cams.replace(image_paths=tuple(out / r for r in rel))

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from ..core.errors import UserError
+from ..core.files import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -207,11 +208,13 @@ def _to_unit_range(img: np.ndarray, path: Path) -> np.ndarray:
 
 
 def write_image(path: Path, rgb: np.ndarray) -> None:
-    """Write (H, W, 3) uint8 RGB to ``path`` (format from the extension)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok = cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    """Write (H, W, 3) uint8 RGB to ``path`` (format from the extension), atomically: encoded in memory
+    first, so a full disk is one clear message and leaves no half-written image."""
+    ok, data = cv2.imencode(path.suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise UserError(f"cannot write image {path}")
+        raise UserError(f"cannot encode image {path}", hint="use a .png or .jpg file name")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())
 
 
 def resize_area(img: np.ndarray, width: int, height: int) -> np.ndarray:

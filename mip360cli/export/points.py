@@ -12,17 +12,23 @@ COLMAP model, LLFF poses or transforms.json) unless ``normalized`` is asked.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import UserError
-from ..core.files import atomic_path
+from ..core.files import (atomic_path, ensure_writable_dir, files_below, process_lock, refuse_foreign,
+                          temp_target)
 from ..core.progress import info, progress_bar
 from ..runs.load import LoadedRun
 from ..runs.views import View, render_image
+
+
+PLY_COMMENT = "comment written by mip360 export"
+"""In the header of every PLY mip360 writes: the one file ``--out`` may replace."""
 
 
 @dataclass
@@ -121,7 +127,7 @@ def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray, normals: np.ndarray 
         rec["n" + k] = normals[:, i]
     for i, k in enumerate(("red", "green", "blue")):
         rec[k] = rgb[:, i]
-    header = ("ply\nformat binary_little_endian 1.0\ncomment written by mip360 export\n"
+    header = (f"ply\nformat binary_little_endian 1.0\n{PLY_COMMENT}\n"
               f"element vertex {n}\n"
               "property float x\nproperty float y\nproperty float z\n"
               "property float nx\nproperty float ny\nproperty float nz\n"
@@ -178,57 +184,49 @@ def export_points(loaded: LoadedRun, out: Path, opts: PointOptions | None = None
     if len(views) < 2 and opts.min_agree > 0:
         raise UserError(f"the {opts.split} split has {len(views)} view(s); the depth check needs at least 2",
                         hint="use --split all, or --min-agree 0 to keep unchecked points")
-    scratch = out.parent / f".{out.name}.views"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    try:
-        with progress_bar("rendering depth", len(views), "views") as bar:
-            for i, view in enumerate(views):
-                r = render_image(loaded.model, view.K, view.c2w, None, view.width, view.height,
-                                 loaded.cfg.render.chunk_rays, loaded.device)
-                # 9 bytes a pixel on disk: colours as written to the PLY, opacity only compared to a threshold
-                np.savez(scratch / f"{i}.npz", rgb=np.round(np.clip(r["rgb"], 0, 1) * 255).astype(np.uint8),
+    check_output(out)
+    with process_lock(out.parent / f".{out.name}.lock", f"the export {out}"):
+        scratch = Scratch(out.parent / f".{out.name}.views")
+        try:
+            xyz, rgb, nrm, candidates = _points(loaded, views, scratch, opts)
+        finally:
+            scratch.remove()
+        write_ply(out, xyz.astype(np.float32), rgb, None if nrm is None else nrm.astype(np.float32))
+    frame = ("the normalized scene" if opts.normalized
+             else "the input world: the dataset's own coordinates and units")
+    info(f"{len(xyz):,} points of {candidates:,} that passed the filters, from {len(views)} views -> {out}")
+    return ExportSummary(out, len(xyz), candidates, len(views), frame)
+
+
+def _points(loaded: LoadedRun, views: list[View], scratch: "Scratch", opts: PointOptions):
+    """Depth maps of ``views`` into ``scratch``, then the points that pass the filters, in the output frame:
+    xyz (N, 3), rgb (N, 3) uint8, normals (N, 3) or None, and how many passed before the subset."""
+    with progress_bar("rendering depth", len(views), "views") as bar:
+        for i, view in enumerate(views):
+            r = render_image(loaded.model, view.K, view.c2w, None, view.width, view.height,
+                             loaded.cfg.render.chunk_rays, loaded.device)
+            # 9 bytes a pixel on disk: colours as written to the PLY, opacity only compared to a threshold
+            scratch.save(i, rgb=np.round(np.clip(r["rgb"], 0, 1) * 255).astype(np.uint8),
                          acc=r["acc"].astype(np.float16), depth=r["median_depth"].astype(np.float32))
-                bar.advance(1)
-        view_data = lambda i: np.load(scratch / f"{i}.npz", allow_pickle=False)  # noqa: E731
-        near_views = neighbours_of(np.array([v.c2w[:, 3] for v in views]), opts.neighbours)
-        per_view = -(-2 * opts.points // len(views))  # a bounded random share of each view's points
-        rng = np.random.default_rng(opts.seed)
-        kept_xyz, kept_rgb, kept_n, candidates = [], [], [], 0
-        far = loaded.cfg.data.far
-        with progress_bar("filtering points", len(views), "views") as bar:
-            for i, view in enumerate(views):
-                d = view_data(i)
-                depth, acc = d["depth"], d["acc"]
-                xyz = unproject(depth, view.K, view.c2w)
-                mask = (acc >= np.float16(opts.min_opacity)) & (depth < 0.999 * far)
-                if opts.bound > 0:
-                    mask &= np.abs(xyz).max(-1) <= opts.bound
-                idx = np.flatnonzero(mask)
-                pts = xyz.reshape(-1, 3)[idx]
-                agree = np.zeros(len(idx), int)
-                for j in near_views[i]:
-                    nb = view_data(int(j))
-                    u, v, z = project(pts, views[j].K, views[j].c2w)
-                    h, w = nb["depth"].shape
-                    inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-                    ui = np.clip(np.nan_to_num(u).astype(int), 0, w - 1)
-                    vi = np.clip(np.nan_to_num(v).astype(int), 0, h - 1)
-                    seen = nb["depth"][vi, ui]
-                    agree += inside & (np.abs(seen - z) <= opts.tolerance * np.maximum(z, 1e-9))
-                good = agree >= min(opts.min_agree, len(near_views[i]))
-                idx, pts = idx[good], pts[good]
-                candidates += len(idx)
-                if len(idx) > per_view:
-                    pick = rng.choice(len(idx), per_view, replace=False)
-                    idx, pts = idx[pick], pts[pick]
-                kept_xyz.append(pts)
-                kept_rgb.append(d["rgb"].reshape(-1, 3)[idx])
-                if opts.normals:
-                    kept_n.append(depth_normals(xyz, view.c2w).reshape(-1, 3)[idx])
-                bar.advance(1)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+            bar.advance(1)
+    near_views = neighbours_of(np.array([v.c2w[:, 3] for v in views]), opts.neighbours)
+    per_view = -(-2 * opts.points // len(views))  # a bounded random share of each view's points
+    rng = np.random.default_rng(opts.seed)
+    kept_xyz, kept_rgb, kept_n, candidates = [], [], [], 0
+    with progress_bar("filtering points", len(views), "views") as bar:
+        for i, view in enumerate(views):
+            d = scratch.load(i)
+            xyz = unproject(d["depth"], view.K, view.c2w)
+            idx = _agreeing_pixels(xyz, d, [(views[j], scratch.load(int(j))) for j in near_views[i]],
+                                   loaded.cfg.data.far, opts)
+            candidates += len(idx)
+            if len(idx) > per_view:
+                idx = idx[rng.choice(len(idx), per_view, replace=False)]
+            kept_xyz.append(xyz.reshape(-1, 3)[idx])
+            kept_rgb.append(d["rgb"].reshape(-1, 3)[idx])
+            if opts.normals:
+                kept_n.append(depth_normals(xyz, view.c2w).reshape(-1, 3)[idx])
+            bar.advance(1)
     xyz = np.concatenate(kept_xyz) if kept_xyz else np.zeros((0, 3))
     if len(xyz) == 0:
         raise UserError("no point passed the filters", hint="lower --min-opacity, raise --tolerance, or "
@@ -245,9 +243,75 @@ def export_points(loaded: LoadedRun, out: Path, opts: PointOptions | None = None
         if nrm is not None:
             nrm = nrm @ np.linalg.inv(inv[:3, :3])  # normals transform by the inverse transpose
             nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12)
-    write_ply(out, xyz.astype(np.float32), rgb,
-              None if nrm is None else nrm.astype(np.float32))
-    frame = ("the normalized scene" if opts.normalized
-             else "the input world: the dataset's own coordinates and units")
-    info(f"{len(xyz):,} points of {candidates:,} that passed the filters, from {len(views)} views -> {out}")
-    return ExportSummary(out, len(xyz), candidates, len(views), frame)
+    return xyz, rgb, nrm, candidates
+
+
+def _agreeing_pixels(xyz: np.ndarray, d, neighbours: list, far: float, opts: PointOptions) -> np.ndarray:
+    """Flat indices of a view's pixels (points ``xyz`` (H, W, 3)) that are opaque, within the bound, and seen
+    at the same depth by at least ``min_agree`` of the ``neighbours`` ((View, depth data) pairs)."""
+    depth, acc = d["depth"], d["acc"]
+    mask = (acc >= np.float16(opts.min_opacity)) & (depth < 0.999 * far)
+    if opts.bound > 0:
+        mask &= np.abs(xyz).max(-1) <= opts.bound
+    idx = np.flatnonzero(mask)
+    pts = xyz.reshape(-1, 3)[idx]
+    agree = np.zeros(len(idx), int)
+    for view, nb in neighbours:
+        u, v, z = project(pts, view.K, view.c2w)
+        h, w = nb["depth"].shape
+        inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        ui = np.clip(np.nan_to_num(u).astype(int), 0, w - 1)
+        vi = np.clip(np.nan_to_num(v).astype(int), 0, h - 1)
+        agree += inside & (np.abs(nb["depth"][vi, ui] - z) <= opts.tolerance * np.maximum(z, 1e-9))
+    return idx[agree >= min(opts.min_agree, len(neighbours))]
+
+
+def check_output(out: Path) -> None:
+    """The PLY ``out`` may be written: not a folder, and not a file that mip360 did not write."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder", hint=f"give the PLY file to write, e.g. {out / 'points.ply'}")
+    if out.exists():
+        try:
+            with open(out, "rb") as f:
+                head = f.read(256)
+        except OSError as e:
+            raise UserError(f"cannot read {out} ({e.strerror}): mip360 overwrites only a PLY it wrote") from None
+        if PLY_COMMENT.encode() not in head:
+            refuse_foreign(out.parent, [out.name], "mip360 overwrites only a point cloud it wrote",
+                           hint="choose another --out, or move that file away")
+
+
+class Scratch:
+    """The depth maps of an export, one ``.npz`` a view, in a folder beside the output; what a killed
+    export left there is removed first (only its own files: anything else stops the export)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path} is in the way of the export's scratch folder", hint="move it away")
+        if path.is_dir():
+            foreign = [f for f in files_below(path) if not self._ours(f.name)]
+            refuse_foreign(path, foreign, "it is the export's scratch folder", hint="move those files away")
+            for f in path.iterdir():
+                f.unlink()
+        ensure_writable_dir(path)
+
+    @staticmethod
+    def _ours(name: str) -> bool:
+        return re.fullmatch(r"\d+\.npz", temp_target(name) or name) is not None
+
+    def save(self, i: int, **arrays: np.ndarray) -> None:
+        with atomic_path(self.path / f"{i}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+    def load(self, i: int):
+        return np.load(self.path / f"{i}.npz", allow_pickle=False)
+
+    def remove(self) -> None:
+        if self.path.is_dir():
+            for f in self.path.iterdir():
+                if self._ours(f.name):
+                    f.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.path.rmdir()

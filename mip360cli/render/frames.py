@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..core import distributed
 from ..core.errors import UserError
-from ..core.files import atomic_write_text
+from ..core.files import (MIB, atomic_write_text, files_below, process_lock, read_json_bounded, refuse_foreign,
+                          temp_target)
 from ..core.progress import info, progress_bar
 from ..data.images import read_image
 from ..runs.camera_paths import load_path_file
@@ -86,8 +89,17 @@ def render_path(loaded: LoadedRun, opts: RenderOptions, env: distributed.DistEnv
     opts.check()
     views = path_views(loaded, opts.path, opts.frames, opts.ratio)
     out = opts.out or loaded.folder.renders(Path(opts.path).stem if opts.path not in PATHS else opts.path)
-    if env.is_main:
-        _forget_stale_frames(out, render_key(loaded, views, opts.depth), opts.overwrite)
+    with contextlib.ExitStack() as stack:
+        if env.is_main:  # one render per folder at a time; the lock names the one rendering
+            folder = RenderFolder(out)
+            folder.check()
+            stack.enter_context(process_lock(out / LOCK, f"the render folder {out}"))
+            folder.prepare(render_key(loaded, views, opts.depth), [v.name for v in views], opts.overwrite)
+        return _render_into(loaded, views, out, opts, env)
+
+
+def _render_into(loaded: LoadedRun, views: list[View], out: Path, opts: RenderOptions, env: distributed.DistEnv
+                 ) -> dict:
     distributed.barrier(env)
     mine = list(range(env.rank, len(views), env.world))
     todo = [views[i] for i in mine if not _frame_done(out, views[i].name, opts.depth)]
@@ -141,6 +153,8 @@ def _colormaps_and_videos(out: Path, names: list[str], opts: RenderOptions) -> d
 
 
 MANIFEST = "render.json"
+LOCK = ".render.lock"
+VIDEOS = ("rgb.mp4", "depth.mp4", "rgb_depth.mp4")
 
 
 def render_key(loaded: LoadedRun, views: list[View], depth: str) -> dict:
@@ -155,30 +169,83 @@ def render_key(loaded: LoadedRun, views: list[View], depth: str) -> dict:
             "depth": depth}
 
 
-def _forget_stale_frames(out: Path, key: dict, overwrite: bool) -> None:
-    """Delete frames and videos in ``out`` made for other cameras, another checkpoint or depth; record ``key``.
+class RenderFolder:
+    """An output folder of ``mip360 render`` and what in it mip360 wrote.
 
-    Frames already written are reused (an interrupted render resumes) only when they
-    were made for exactly this key: never mixed from two orbits, sizes or checkpoints.
+    ``render.json`` records what the frames were made for (:func:`render_key`) and the names of the
+    frames; the files mip360 writes are those frames (``rgb/NAME.png``, ``depth/NAME.npy|png``), the
+    three videos, ``render.json``, the lock and the temporary files of killed writes. Anything else
+    (the user's own files) is never deleted or overwritten: a folder holding such files is refused.
     """
-    manifest = out / MANIFEST
-    old = None
-    if manifest.exists():
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.manifest_path = path / MANIFEST
+
+    def read_manifest(self) -> dict | None:
+        """The manifest, or None when there is none; {} when it is damaged (the frames are then stale)."""
+        if not self.manifest_path.exists():
+            return None
         try:
-            old = json.loads(manifest.read_text())
-        except ValueError:
-            old = {}
-    existing = [p for sub in ("rgb", "depth") if (out / sub).is_dir() for p in (out / sub).iterdir()]
-    existing += [p for p in out.glob("*.mp4")] if out.is_dir() else []
-    if existing and (overwrite or old != key):
-        if not overwrite:
-            what = sorted(k for k in key if (old or {}).get(k) != key[k])
-            info(f"the frames in {out} were made with another " + (", ".join(what) if old else "render")
+            data = read_json_bounded(self.manifest_path, "render manifest", 64 * MIB)
+        except UserError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def owned(self, manifest: dict | None) -> Callable[[Path], bool]:
+        """Whether a file (relative path) is one mip360 wrote, given the folder's manifest."""
+        if manifest is None:  # no manifest: nothing here is mip360's (but the lock of a render that died at once)
+            return lambda rel: rel == Path(LOCK)
+        names = manifest.get("names")
+        known = set(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+
+        def frame(rel: Path, suffixes: tuple[str, ...]) -> bool:  # a render.json without names: an earlier mip360
+            return rel.suffix in suffixes and (known is None or rel.stem in known)
+
+        def owned(rel: Path) -> bool:
+            target = temp_target(rel.name)
+            if target is not None:
+                rel = rel.with_name(target)
+            if len(rel.parts) == 1:
+                return rel.name in (MANIFEST, LOCK, *VIDEOS)
+            if len(rel.parts) == 2 and rel.parts[0] == "rgb":
+                return frame(rel, (".png",))
+            return len(rel.parts) == 2 and rel.parts[0] == "depth" and frame(rel, (".npy", ".png"))
+
+        return owned
+
+    def check(self) -> None:
+        """Refuse a folder that holds files mip360 did not write (before anything is written into it)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path} is a file, not a folder", hint="give a folder for the frames")
+        if self.path.is_dir():
+            owned = self.owned(self.read_manifest())
+            refuse_foreign(self.path, [f for f in files_below(self.path) if not owned(f)],
+                           "mip360 never deletes or overwrites them",
+                           hint="render into another folder (--out), or move those files away")
+
+    def prepare(self, key: dict, names: list[str], overwrite: bool) -> None:
+        """Remove the temporary files of killed writes and the frames made for another key (or all of them
+        with ``overwrite``), and record the key and the frames' names. Call it holding the folder's lock,
+        after :meth:`check`.
+
+        Frames already written are reused (an interrupted render resumes) only when they were made for
+        exactly this key: never mixed from two orbits, sizes or checkpoints.
+        """
+        self.check()  # again, under the lock
+        old, new = self.read_manifest(), {**key, "names": names}
+        files = files_below(self.path)
+        leftovers = [f for f in files if temp_target(f.name) is not None]
+        frames = [f for f in files if f not in leftovers and f.name not in (MANIFEST, LOCK)]
+        stale = frames if overwrite or old != new else []
+        if stale and not overwrite:
+            what = sorted(k for k in new if (old or {}).get(k) != new[k])
+            info(f"the frames in {self.path} were made with another " + (", ".join(what) if old else "render")
                  + ": rendering them again")
-        for p in existing:
-            p.unlink(missing_ok=True)
-    if old != key:
-        atomic_write_text(manifest, json.dumps(key, indent=1) + "\n")
+        for f in leftovers + stale:
+            (self.path / f).unlink(missing_ok=True)
+        if old != new:
+            atomic_write_text(self.manifest_path, json.dumps(new, indent=1) + "\n")
 
 
 def _frame_done(out: Path, name: str, depth: str) -> bool:

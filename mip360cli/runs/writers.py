@@ -10,16 +10,12 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..core.files import atomic_path
+from ..data.images import write_image
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
     """(H, W, 3) uint8 RGB -> PNG, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.tobytes())
+    write_image(path.with_suffix(".png"), rgb)
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:

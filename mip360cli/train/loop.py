@@ -201,6 +201,7 @@ def train(data: str | Path, run: str | Path, cfg: Config, restart: bool = False,
     try:
         with contextlib.ExitStack() as stack:
             if env.is_main:  # one training per run folder: a second one would mix checkpoints and metrics
+                run.check_for_training()
                 stack.enter_context(process_lock(run.lock, f"the run folder {run.path}"))
                 ckpt.remove_leftovers(run.path)
             trainer = Trainer(data, run, cfg, device, env, explicit, data_shards, [*standard_hooks(cfg), *hooks])

@@ -17,7 +17,7 @@ import numpy as np
 from ...config import CacheConfig, DataConfig
 from ...core.progress import info
 from ..scene import Scene
-from .format import CACHE_VERSION
+from .format import CACHE_VERSION, READABLE_VERSIONS
 
 # The options that change what a cache holds, and the config keys they come from (speed knobs such as
 # workers or memory_mb are not among them).
@@ -157,6 +157,16 @@ def describe_changes(old_options: dict, old_records: list, options: dict, record
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             reasons.append(f"{len(names)} input file(s) {label}: {shown}")
     return reasons
+
+
+def is_mip360_cache(path: Path) -> bool:
+    """Whether the file at ``path`` is an HDF5 file that mip360 wrote as a ray cache (any version, even a
+    damaged one): the only kind of file a rebuild may replace."""
+    try:
+        with h5py.File(path, "r") as f:
+            return "mip360_version" in f.attrs or f.attrs.get("version") in READABLE_VERSIONS
+    except (OSError, ValueError):
+        return False
 
 
 def check_cache(path: Path, options: dict, inputs: list[tuple[str, Path]], explicit: set[str] = frozenset()

@@ -21,7 +21,8 @@ from ...core.version import __version__
 from ..images import decode_image, resize_area
 from ..scene import Scene, check_image_size, load_scene
 from . import shuffle
-from .fingerprint import adopt_cache_options, cache_options, check_cache, file_hash, fingerprint, input_files
+from .fingerprint import (adopt_cache_options, cache_options, check_cache, file_hash, fingerprint, input_files,
+                          is_mip360_cache)
 from .format import CACHE_VERSION, DEFAULT_NAME, encode_gaps
 from .shuffle import BucketBlocks, bucket_sort_image, ordered_map, trim_heap
 
@@ -73,6 +74,9 @@ def build_cache(folder: str | Path, data: DataConfig, cache: CacheConfig, out: s
     path = Path(out) if out else default_cache_path(folder, cache)
     if path.exists() and path.is_dir():
         raise UserError(f"cache path {path} is a folder", hint="give a file name ending in .h5 (--out)")
+    if path.exists() and not is_mip360_cache(path):
+        raise UserError(f"{path} exists and is not a mip360 ray cache: mip360 does not overwrite it",
+                        hint="give another file with --out, or move that file away")
     if explicit is not None:
         data, cache, adopted = adopt_cache_options(path, data, cache, explicit)
         if adopted:

@@ -26,7 +26,7 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from .core.errors import UserError
-from .core.files import atomic_write_text
+from .core.files import atomic_write_text, read_text_bounded
 
 FORMATS = ("auto", "colmap", "llff", "transforms", "easymocap")
 
@@ -333,20 +333,20 @@ def _build(cls: type, data: dict, where: str, prefix: str = "") -> Any:
 # ----------------------------------------------------------------------------- loading
 
 
+CONFIG_LIMIT = 1 << 20  # a config is a few KiB
+
+
 def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist",
-                        hint=f"give a YAML file or a preset name ({', '.join(preset_names())})") from None
-    except IsADirectoryError:
-        raise UserError(f"config {path} is a folder, not a YAML file",
-                        hint=f"give a YAML file or a preset name ({', '.join(preset_names())})") from None
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[:e.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not valid UTF-8 text", hint="a config file is YAML text") from None
+    presets = f"give a YAML file or a preset name ({', '.join(preset_names())})"
+    if not path.exists():
+        raise UserError(f"config file {path} does not exist", hint=presets)
+    if path.is_dir():
+        raise UserError(f"config {path} is a folder, not a YAML file", hint=presets)
+    text = read_text_bounded(path, "config file", CONFIG_LIMIT)  # not a device, a FIFO or a huge file
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a config") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

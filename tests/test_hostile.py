@@ -132,3 +132,137 @@ def test_the_demo_does_not_write_over_a_folder_of_the_users(tmp_path, capsys):
     code, _, err = run(["demo", out, "--steps", "2", "--frames", "1"], capsys)
     assert code == 1 and "mine.jpg" in err and (out / "scene" / "mine.jpg").read_bytes() == b"jpeg"
     shutil.rmtree(out)
+
+
+# ----------------------------------------------------------------------------- the ray cache, read back
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mip360cli.config import CacheConfig, DataConfig  # noqa: E402
+from mip360cli.core.errors import UserError  # noqa: E402
+from mip360cli.data.cache import RayCache, build_cache  # noqa: E402
+from mip360cli.data.cache.format import index_checksum  # noqa: E402
+
+FUZZ = settings(max_examples=int(__import__("os").environ.get("MIP360_FUZZ_EXAMPLES", "40")), deadline=None,
+                derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def pristine_cache(tmp_path_factory, scenes) -> tuple[Path, dict]:
+    """A small cache and everything read from it: buckets, held-out images, cameras."""
+    root = tmp_path_factory.mktemp("cache")
+    path = build_cache(scenes["colmap"], DataConfig(), CacheConfig(bucket_rays=2048), out=root / "c.h5").path
+    return path, _read_all(path)
+
+
+def _read_all(path: Path) -> dict:
+    with RayCache(path) as c:
+        return {"buckets": [c.read_bucket(b) for b in range(c.n_buckets)],
+                "test": [c.test_image(k) for k in range(len(c.test))],
+                "K": c.cameras.K, "c2w": c.cameras.c2w, "names": c.cameras.names, "train": c.train,
+                "test_idx": c.test, "options": c.options, "transform": c.transform}
+
+
+def _same(a: dict, b: dict) -> bool:
+    for k in a:
+        x, y = a[k], b[k]
+        if k == "buckets":
+            if len(x) != len(y) or not all(np.array_equal(p, q) for bx, by in zip(x, y) for p, q in zip(bx, by)):
+                return False
+        elif k == "test":
+            if len(x) != len(y) or not all(np.array_equal(p, q) for p, q in zip(x, y)):
+                return False
+        elif not (np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y):
+            return False
+    return True
+
+
+def _tamper(path: Path, change, keep_checksum: bool = True) -> None:
+    """Edit a cache as a hostile file would, recomputing its index checksum (so that the checks behind
+    the checksum are the ones tried) unless ``keep_checksum`` is false."""
+    with h5py.File(path, "r+") as f:
+        change(f)
+        if keep_checksum:
+            try:
+                f.attrs["index_crc32"] = index_checksum(f)
+            except KeyError:
+                pass
+
+
+def _replace(f, name: str, data) -> None:
+    del f[name]
+    f.create_dataset(name, data=data)
+
+
+@pytest.mark.parametrize("what, change, needle", [
+    ("bucket offsets all 0", lambda f: _replace(f, "rays/bucket_offsets", np.zeros_like(f["rays/bucket_offsets"])),
+     "bucket offsets are not in order"),
+    ("a missing attribute", lambda f: f.attrs.__delitem__("n_buckets"), "is damaged"),
+    ("a missing dataset", lambda f: f.__delitem__("rays/bucket_first_id"), "is damaged"),
+    ("options that are not JSON", lambda f: f.attrs.__setitem__("options", "{not json"), "is damaged"),
+    ("a wrong bucket count", lambda f: f.attrs.__setitem__("n_buckets", int(f.attrs["n_buckets"]) - 1),
+     "bucket offsets are not in order"),
+    ("a split naming camera 500 of 16", lambda f: _replace(f, "split/test", np.array([0, 500])),
+     "split names cameras outside the 16"),
+    ("a NaN pose", lambda f: f["cameras/c2w"].__setitem__((3, 0, 3), np.nan), "has NaN or inf"),
+    ("a ray id gap table out of range", lambda f: (_replace(f, "rays/overflow_row", np.array([10**9])),
+                                                   _replace(f, "rays/overflow_gap", np.array([5]))), "out of order"),
+])
+def test_a_damaged_cache_is_one_message_naming_it_and_the_fix(pristine_cache, tmp_path, capsys, what, change,
+                                                              needle):
+    path = tmp_path / "c.h5"
+    shutil.copy(pristine_cache[0], path)
+    _tamper(path, change)
+    with pytest.raises(UserError, match=needle) as e:
+        _read_all(path)
+    assert "preprocess DATA --force" in str(e.value), what
+    code, _, err = run(["train", path, "--run", tmp_path / "run", *TRAIN_FAST], capsys)
+    assert code == 1 and str(path) in err and "Traceback" not in err and "internal error" not in err, err
+
+
+def test_bytes_flipped_in_a_cache_stop_training_instead_of_feeding_it_garbage(pristine_cache, tmp_path, capsys):
+    """The issue's case: 256 bytes flipped at 80% of the file (inside the colours of the rays)."""
+    path = tmp_path / "c.h5"
+    shutil.copy(pristine_cache[0], path)
+    with h5py.File(path) as f:  # where the colours are: the flip must land in data the cache holds
+        rgb = f["rays/rgb"].id.get_chunk_info(0)
+    at = int(0.8 * path.stat().st_size)
+    assert rgb.byte_offset <= at and at + 256 <= rgb.byte_offset + rgb.size
+    data = bytearray(path.read_bytes())
+    data[at:at + 256] = bytes(255 - x for x in data[at:at + 256])
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"is damaged: bucket \d+ of 6 does not match its checksum"):
+        _read_all(path)
+    code, _, err = run(["train", path, "--run", tmp_path / "run", "--config", "tiny", "train.max_steps=4",
+                        "train.batch_rays=4096", "train.val_every=0"], capsys)
+    assert code == 1 and "does not match its checksum" in err and "preprocess DATA --force" in err, err
+
+
+def test_a_cache_without_checksums_is_read_with_a_warning(pristine_cache, tmp_path, capsys):
+    path = tmp_path / "c.h5"
+    shutil.copy(pristine_cache[0], path)
+    with h5py.File(path, "r+") as f:  # as version 2 wrote it
+        f.attrs["version"] = 2
+        del f.attrs["index_crc32"], f["rays/bucket_crc32"]
+    assert _same(_read_all(path), pristine_cache[1])
+    assert "without checksums" in capsys.readouterr().err
+
+
+@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=8))
+@FUZZ
+def test_any_damage_to_a_cache_is_an_error_or_changes_nothing(pristine_cache, tmp_path, flips):
+    """Random bytes of the file flipped: reading it all either fails with a clear message or gives exactly
+    what the undamaged cache gives (the flip hit unused space). Never other rays."""
+    path = tmp_path / "fuzzed.h5"
+    data = bytearray(pristine_cache[0].read_bytes())
+    for where, xor in flips:
+        data[int(where * len(data))] ^= xor
+    path.write_bytes(bytes(data))
+    try:
+        got = _read_all(path)
+    except UserError:
+        return
+    assert _same(got, pristine_cache[1])

@@ -38,7 +38,16 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".partial",
     """
     path = Path(path)
     ensure_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: mip360 does not write a file in its place", hint="give another path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        if is_disk_full(e):
+            raise UserError(f"the disk is full: {path} was not written (nothing half-written was left)",
+                            hint=disk_full_hint) from e
+        raise UserError(f"cannot write into {path.parent}: {e.strerror or e}",
+                        hint="choose another output path (--out)") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -76,7 +85,13 @@ def process_lock(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
 
     lock_file = Path(lock_file)
     ensure_writable_dir(lock_file.parent)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    if lock_file.exists() or lock_file.is_symlink():
+        check_regular_file(lock_file, "lock file")  # a folder, FIFO or device there is not mip360's lock
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~_UMASK)
+    except OSError as e:
+        raise UserError(f"cannot open the lock file {lock_file}: {e.strerror}",
+                        hint="choose another output path, or fix the folder's permissions") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -133,6 +148,16 @@ def is_disk_full(exc: BaseException) -> bool:
 # ----------------------------------------------------------------------------- bounded reads
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+
+
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (followed through links) is a regular file: safe to open and read."""
+    import stat as stat_mod
+
+    try:
+        return stat_mod.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def check_regular_file(path: str | os.PathLike, what: str, limit: int | None = None) -> os.stat_result:

@@ -122,6 +122,10 @@ def check_poses(c2w: np.ndarray, names: Sequence[str], source: str | Path) -> No
                 hint="poses must be rigid (no scale, no mirror); check the file's conventions")
 
 
+MAX_FOV_DEG = 179.0
+"""Wider than any pinhole lens: a focal length that gives this is in the wrong units or damaged."""
+
+
 def check_intrinsics(K: np.ndarray, width: np.ndarray, height: np.ndarray, names: Sequence[str],
                      source: str | Path) -> None:
     """Raise a UserError for non-finite or non-positive focal lengths or sizes."""
@@ -131,6 +135,11 @@ def check_intrinsics(K: np.ndarray, width: np.ndarray, height: np.ndarray, names
             raise UserError(f"{source}: intrinsics of image '{names[i]}' are invalid (fx={fx}, fy={fy})")
         if width[i] <= 0 or height[i] <= 0:
             raise UserError(f"{source}: image '{names[i]}' has size {width[i]}x{height[i]}")
+        fov = math.degrees(max(fov_from_focal(fx, width[i]), fov_from_focal(fy, height[i])))
+        if fov >= MAX_FOV_DEG:
+            raise UserError(f"{source}: image '{names[i]}' has a field of view of {fov:.4g} degrees (fx={fx:.4g}, "
+                            f"fy={fy:.4g} for {width[i]}x{height[i]} pixels); a pinhole camera sees less than "
+                            f"{MAX_FOV_DEG} degrees", hint="check the focal length's units (pixels)")
 
 
 # ----------------------------------------------------------------------------- rotations

@@ -11,9 +11,19 @@ import cv2
 import numpy as np
 
 from ..core.errors import UserError
-from ..core.files import atomic_path
+from ..core.files import GIB, atomic_path, check_regular_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_LIMIT = 2 * GIB
+"""The largest image file read (a 16-bit 16K x 16K TIFF is 1.5 GiB)."""
+
+
+def check_image_file(path: Path) -> None:
+    """A regular file of at most :data:`IMAGE_LIMIT` bytes, or one UserError (a missing image, a folder,
+    a device such as /dev/zero, a FIFO)."""
+    if not Path(path).exists():
+        raise UserError(f"image {path} does not exist", hint="check the image folder next to the camera file")
+    check_regular_file(path, "image", IMAGE_LIMIT)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -41,6 +51,7 @@ def image_size(path: Path) -> tuple[int, int]:
     Read from the PNG or JPEG header when possible; other formats are decoded.
     Raises UserError when the file is missing or unreadable.
     """
+    check_image_file(path)
     try:
         with open(path, "rb") as f:
             head = f.read(32)
@@ -148,8 +159,7 @@ def read_image(path: Path, background: Sequence[float] | None = (1.0, 1.0, 1.0))
     See :func:`decode_image` for orientation, bit depth and transparency.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image {path} does not exist", hint="check the image folder next to the camera file")
+    check_image_file(path)
     return decode_image(np.fromfile(str(path), dtype=np.uint8), path, background)
 
 

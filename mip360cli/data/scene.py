@@ -79,7 +79,7 @@ def load_scene(folder: str | Path, data: DataConfig, check_images: bool = True) 
     check_intrinsics(cams.K, cams.width, cams.height, cams.names, source)
     check_poses(cams.c2w, cams.names, source)
     cams = cams.select(np.arange(0, len(cams), data.frame_interval))
-    c2w, transform = normalize_poses(cams.c2w)
+    c2w, transform = normalize_cameras(cams, source)
     source_w, source_h = cams.width.copy(), cams.height.copy()
     cams = cams.replace(c2w=c2w).scaled(data.ratio)
     if check_images:
@@ -97,6 +97,22 @@ def load_scene(folder: str | Path, data: DataConfig, check_images: bool = True) 
         raise UserError(f"{folder}: no training images left ({len(cams)} images, test_every={data.test_every})",
                         hint="use more images, a smaller frame_interval, or test_every=0")
     return Scene(cams, source_w, source_h, transform, train, test, fmt, tuple(files))
+
+
+def normalize_cameras(cams: Cameras, source: Path) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~mip360cli.data.cameras.normalize_poses`, refusing poses whose normalization overflows
+    (a camera at 1e200) instead of writing NaN poses into the cache."""
+    with np.errstate(all="ignore"):
+        try:
+            c2w, transform = normalize_poses(cams.c2w)
+        except np.linalg.LinAlgError:
+            c2w, transform = np.full_like(cams.c2w, np.nan), np.full((4, 4), np.nan)
+    if not (np.all(np.isfinite(c2w)) and np.all(np.isfinite(transform))):
+        far = int(np.argmax(np.abs(cams.c2w[:, :, 3]).max(-1)))
+        raise UserError(f"{source}: the camera positions cannot be normalized: image '{cams.names[far]}' is at "
+                        f"{np.array2string(cams.c2w[far, :, 3], precision=3)}, too far from the others to compute "
+                        "with", hint="the file is damaged or its units are wrong: re-export the poses")
+    return c2w, transform
 
 
 def check_unique_frames(cams: Cameras, source: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path, PurePath
 import torch
 
 from ..core.errors import UserError
-from ..core.files import atomic_path
+from ..core.files import GIB, atomic_path, check_regular_file
 
 PATTERN = re.compile(r"step_(\d+)\.pt$")
 
@@ -103,17 +103,22 @@ class UntrustedCheckpoint(UserError):
     """A checkpoint whose pickle names code (classes or functions) besides tensors and plain data."""
 
 
+CHECKPOINT_LIMIT = 64 * GIB  # the paper's model with Adam's moments is about 0.1 GiB
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint with ``weights_only=True``: tensors and plain data, never code.
+    """Read a checkpoint with ``weights_only=True``: tensors and plain data, never code; then check that it
+    is a mip360 checkpoint (:func:`check_state`).
 
     A file that names anything else (a crafted file could run any code when unpickled) is
     refused with :class:`UntrustedCheckpoint`; ``mip360 checkpoint upgrade PATH --trust``
     converts one the user trusts.
     """
+    if not Path(path).exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    check_regular_file(path, "checkpoint", CHECKPOINT_LIMIT)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         what = f" ({found.group(1)})" if found else ""
@@ -125,6 +130,45 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - a damaged file is the user's to know about
         raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})",
                         hint="delete it to resume from the one before, or start over with --restart") from None
+    check_state(state, path)
+    return state
+
+
+def check_state(state, path: Path, resumable: bool = False) -> None:
+    """Raise a UserError naming the first field of ``state`` that a mip360 checkpoint cannot hold.
+
+    Every checkpoint has ``model`` (names -> finite tensors) and ``step`` (an int >= 0); the fields
+    training resumes from (``optimizer``, ``rng``, ``config``, ...) are checked when present, and
+    required with ``resumable``.
+    """
+    def bad(what: str) -> UserError:
+        return UserError(f"checkpoint {path} is damaged or not one mip360 wrote: {what}",
+                         hint="delete it to use the one before, or start over with --restart")
+
+    if not isinstance(state, dict):
+        raise bad(f"it holds a {type(state).__name__}, not a dict of fields")
+    model = state.get("model")
+    if not isinstance(model, dict) or not model or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                           for k, v in model.items()):
+        raise bad("'model' must map parameter names to tensors")
+    for k, v in model.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise bad(f"the parameter {k} has NaN or inf values")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise bad(f"'step' must be a whole number >= 0, got {step!r}")
+    fields = {"optimizer": dict, "rng": dict, "config": dict, "cache_fingerprint": str, "nonfinite_total": int}
+    for key, kind in fields.items():
+        if key in state and (not isinstance(state[key], kind) or isinstance(state[key], bool)):
+            raise bad(f"'{key}' must be a {kind.__name__}, got {type(state[key]).__name__}")
+        if resumable and key not in state and key != "nonfinite_total":
+            raise bad(f"it has no '{key}' to resume training from")
+    rng = state.get("rng", {}).get("torch") if isinstance(state.get("rng"), dict) else None
+    if "rng" in state and not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.dim() == 1):
+        raise bad("'rng' must hold the generator state as a 1-D uint8 tensor ('torch')")
+    if "optimizer" in state and not (isinstance(state["optimizer"].get("state"), dict)
+                                     and isinstance(state["optimizer"].get("param_groups"), list)):
+        raise bad("'optimizer' must hold 'state' and 'param_groups'")
 
 
 def to_plain(value, where: str = "state"):
@@ -180,6 +224,7 @@ def upgrade_checkpoint(path: Path) -> bool:
     except TypeError as e:
         raise UserError(f"checkpoint {path} cannot be converted: {e}",
                         hint="it was not written by mip360, or by a version that stored other objects") from None
+    check_state(state, path)  # converted, it must still be a checkpoint that renders: else nothing is written
     _write(path, state)
     return True
 

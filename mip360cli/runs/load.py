@@ -101,9 +101,9 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torc
     model = build_model(cfg, device)
     try:
         load_plain_state(model, state["model"])  # runs trained with train.compile=true too
-    except RuntimeError as e:
+    except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as e:
         raise UserError(f"checkpoint {checkpoint} does not fit the model of {folder.config}: "
-                        f"{str(e).splitlines()[0]}") from None
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     model.eval()
     meta = read_cameras_json(folder.cameras, folder.path)
     return LoadedRun(folder.path, cfg, model, int(state["step"]), meta.cameras, meta.transform, meta.train, meta.test,

@@ -270,6 +270,7 @@ class Trainer:
     def _load(self, step: int, path: Path) -> None:
         """Model, optimizer, RNG and counters of a checkpoint, once its config and cache are checked."""
         state = ckpt.load_checkpoint(path)
+        ckpt.check_state(state, path, resumable=True)
         if any(k.replace(COMPILE_PREFIX, "") == "nerf.view.weight" for k in state["model"]):
             # The earlier, unpadded layer layout: its weights convert (render and eval read it), its Adam
             # moments do not.
@@ -285,10 +286,16 @@ class Trainer:
                                hint="start over with --restart, use another --run, or undo the change")
         if harmless:
             info(f"resuming with changed options: {', '.join(harmless)}")
-        load_plain_state(self.model, state["model"])
-        load_optimizer_state(self.optimizer, state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.start_step, self.nonfinite_total = int(state["step"]), int(state.get("nonfinite_total", 0))
+        try:
+            load_plain_state(self.model, state["model"])
+            load_optimizer_state(self.optimizer, state["optimizer"])
+            torch.set_rng_state(state["rng"]["torch"])
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise CannotResume(f"cannot resume {self.run.path}: {path.name} does not fit this run's model and "
+                               f"optimizer ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                               hint="it is damaged or from another run: delete it to resume from the one "
+                                    "before, or start over with --restart") from None
+        self.start_step, self.nonfinite_total = state["step"], state.get("nonfinite_total", 0)
         if self.env.is_main:
             info(f"resuming {self.run.path} from step {self.start_step} ({path.name})")
 

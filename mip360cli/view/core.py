@@ -260,7 +260,10 @@ class ViewerCore:
             return False
         state = ckpt.load_checkpoint(path)
         with self.lock:
-            load_plain_state(self.model, state["model"])
+            try:
+                load_plain_state(self.model, state["model"])
+            except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as e:
+                raise UserError(f"checkpoint {path} does not fit the model shown ({type(e).__name__})") from None
         self._ckpt_key, self.checkpoint_step = key, int(state["step"])
         self.refresh()
         return True

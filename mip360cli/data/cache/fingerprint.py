@@ -15,9 +15,10 @@ import h5py
 import numpy as np
 
 from ...config import CacheConfig, DataConfig
+from ...core.files import is_regular_file
 from ...core.progress import info
 from ..scene import Scene
-from .format import CACHE_VERSION, READABLE_VERSIONS
+from .format import CACHE_VERSION, LAYOUT_VERSION, READABLE_VERSIONS
 
 # The options that change what a cache holds, and the config keys they come from (speed knobs such as
 # workers or memory_mb are not among them).
@@ -39,7 +40,7 @@ def option_fields(data: DataConfig, cache: CacheConfig) -> Iterator[tuple[str, s
 
 def cache_options(data: DataConfig, cache: CacheConfig, fmt: str) -> dict:
     """The options that change what the cache holds (``fmt``: the format actually read)."""
-    options = {"version": CACHE_VERSION}
+    options = {"version": LAYOUT_VERSION}
     options.update({name: getattr(obj, field) for name, _, obj, field in option_fields(data, cache)})
     options["format"] = fmt
     return options
@@ -78,13 +79,16 @@ def adopt_cache_options(path: Path, data: DataConfig, cache: CacheConfig, explic
 def stored_info(path: Path) -> dict | None:
     """``options`` (dict), ``n_rays`` and ``n_buckets`` of a complete cache at ``path``; None when there is
     none or it cannot be read."""
+    if not is_regular_file(path):
+        return None
     try:
         with h5py.File(path, "r") as f:
             if not f.attrs.get("complete", False) or "options" not in f.attrs:
                 return None
-            return {"options": json.loads(f.attrs["options"]), "n_rays": int(f.attrs["n_rays"]),
-                    "n_buckets": int(f.attrs["n_buckets"])}
-    except (OSError, ValueError, KeyError):
+            options = json.loads(f.attrs["options"])
+            return {"options": options, "n_rays": int(f.attrs["n_rays"]),
+                    "n_buckets": int(f.attrs["n_buckets"])} if isinstance(options, dict) else None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -162,10 +166,12 @@ def describe_changes(old_options: dict, old_records: list, options: dict, record
 def is_mip360_cache(path: Path) -> bool:
     """Whether the file at ``path`` is an HDF5 file that mip360 wrote as a ray cache (any version, even a
     damaged one): the only kind of file a rebuild may replace."""
+    if not is_regular_file(path):
+        return False
     try:
         with h5py.File(path, "r") as f:
             return "mip360_version" in f.attrs or f.attrs.get("version") in READABLE_VERSIONS
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         return False
 
 
@@ -181,11 +187,14 @@ def check_cache(path: Path, options: dict, inputs: list[tuple[str, Path]], expli
         with h5py.File(path, "r") as f:
             version = f.attrs.get("version")
             if version != CACHE_VERSION:
-                return ([f"cache format version {version} (this mip360 writes {CACHE_VERSION}, "
-                         "with content hashes of its inputs)"], current_records(inputs, [])[0])
+                return ([f"cache format version {version} (this mip360 writes {CACHE_VERSION}, with checksums of "
+                         "its rays and content hashes of its inputs)"], current_records(inputs, [])[0])
             old_options, stored = json.loads(f.attrs["options"]), json.loads(f.attrs["inputs"])
             stored_fingerprint, complete = f.attrs.get("fingerprint"), bool(f.attrs.get("complete", False))
-    except (OSError, KeyError, ValueError) as e:
+        if not isinstance(old_options, dict) or not isinstance(stored, list) or not all(
+                isinstance(r, list) and r and isinstance(r[0], str) for r in stored):
+            raise ValueError("its options or input records are damaged")
+    except (OSError, KeyError, ValueError, TypeError, RecursionError) as e:
         return [f"existing file is not a readable cache ({e})"], current_records(inputs, [])[0]
     records, hashed = current_records(inputs, stored)
     if complete and all(r[3] is not None for r in records) and fingerprint(options, records) == stored_fingerprint:

@@ -18,12 +18,12 @@ from ...core.errors import UserError
 from ...core.files import atomic_path, ensure_writable_dir, leftover_temp_files, process_lock
 from ...core.progress import info, progress_bar
 from ...core.version import __version__
-from ..images import decode_image, resize_area
+from ..images import check_image_file, decode_image, resize_area
 from ..scene import Scene, check_image_size, load_scene
 from . import shuffle
 from .fingerprint import (adopt_cache_options, cache_options, check_cache, file_hash, fingerprint, input_files,
                           is_mip360_cache)
-from .format import CACHE_VERSION, DEFAULT_NAME, encode_gaps
+from .format import CACHE_VERSION, DEFAULT_NAME, crc32, encode_gaps, index_checksum
 from .shuffle import BucketBlocks, bucket_sort_image, ordered_map, trim_heap
 
 _FILTERS = {"lzf": dict(compression="lzf", shuffle=True), "gzip": dict(compression="gzip", compression_opts=4,
@@ -148,6 +148,8 @@ def decode_for_cache(scene: Scene, i: int, options: dict) -> tuple[np.ndarray, l
     """
     cams = scene.cameras
     path = cams.image_paths[i]
+    if Path(path).exists():  # a regular file of a sane size: never a device or a FIFO that reads forever
+        check_image_file(path)
     try:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
@@ -222,8 +224,9 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
                             blocks.add(buf, spill=True)
                             buf, buffered = [], 0
                     else:
-                        test_group.create_dataset(f"{int(np.searchsorted(scene.test, i)):05d}", data=img,
-                                                  chunks=True, **_FILTERS["lzf"])
+                        ds = test_group.create_dataset(f"{int(np.searchsorted(scene.test, i)):05d}", data=img,
+                                                       chunks=True, **_FILTERS["lzf"])
+                        ds.attrs["crc32"] = crc32(img)
                     trim_heap()
                     bar.advance()
             if buf:
@@ -238,6 +241,7 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
             rgb_ds = g.create_dataset("rgb", (n_rays, 3), dtype=np.uint8, chunks=(chunk, 3), **filters)
             bucket_offsets = np.zeros(n_buckets + 1, np.uint64)
             first_ids = np.zeros(n_buckets, np.uint64)
+            checksums = np.zeros(n_buckets, np.uint32)
             pos = 0
             with progress_bar("shuffling rays", n_buckets, "buckets") as bar:
                 for b in range(n_buckets):
@@ -246,6 +250,7 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
                     if m:
                         first_ids[b] = ids[0]
                         gaps, rows, values = encode_gaps(ids)
+                        checksums[b] = crc32(gaps, rgb)
                         gap_ds[pos:pos + m] = gaps
                         if len(rows):
                             overflow_rows.append(rows + pos)
@@ -260,6 +265,8 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
             g.create_dataset("bucket_first_id", data=first_ids)
             g.create_dataset("overflow_row", data=np.concatenate([np.zeros(0, np.int64), *overflow_rows]))
             g.create_dataset("overflow_gap", data=np.concatenate([np.zeros(0, np.int64), *overflow_gaps]))
+            g.create_dataset("bucket_crc32", data=checksums)
+            f.attrs["index_crc32"] = index_checksum(f)
             f.attrs.update(inputs=json.dumps(records), fingerprint=fingerprint(options, records))
             f.attrs["complete"] = True
     finally:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from ...core.errors import UserError
+from ...core.files import GIB, MIB, check_regular_file
 from ..cameras import Cameras, quaternion_to_rotation, rotation_to_quaternion
 from ..images import downscaled_folder
 
@@ -78,7 +80,14 @@ def read(folder: Path, ratio: float = 1.0) -> Cameras:
                 f"(supported: {', '.join(SUPPORTED)})",
                 hint="undistort the images first: colmap image_undistorter --output_type COLMAP")
         K, dist = _intrinsics(model, params)
-        R = quaternion_to_rotation(im["qvec"])
+        q = np.asarray(im["qvec"], np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            norm = float(np.linalg.norm(q))
+        if not (np.all(np.isfinite(q)) and np.isfinite(norm) and norm > 1e-12):
+            where = f"{imgs_file}:{im['line']}" if "line" in im else str(imgs_file)
+            raise UserError(f"{where}: image '{im['name']}' has a rotation quaternion {tuple(q.tolist())} that "
+                            "cannot be normalized", hint="the file is damaged: re-export the COLMAP model")
+        R = quaternion_to_rotation(q)
         t = np.asarray(im["tvec"], np.float64)
         c2w = np.concatenate([R.T, (-R.T @ t)[:, None]], axis=1)
         Ks.append(K), c2ws.append(c2w), ws.append(w), hs.append(h), dists.append(dist)
@@ -110,73 +119,108 @@ def _intrinsics(model: str, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- binary
 
 
+CAMERAS_LIMIT = 64 * MIB  # a camera is at most 100 bytes
+IMAGES_LIMIT = 64 * GIB  # images.bin holds every image's 2D points (24 bytes each): skipped, never read
+
+
 class _Reader:
-    def __init__(self, path: Path):
+    """Reads a COLMAP binary file through a file object: bounded, its records checked against its size."""
+
+    def __init__(self, path: Path, limit: int):
         self.path = path
-        self.data = path.read_bytes()
-        self.pos = 0
+        self.size = check_regular_file(path, "COLMAP model file", limit).st_size
+        self.file = open(path, "rb")
+
+    def __enter__(self) -> "_Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
 
     def take(self, fmt: str):
         size = struct.calcsize(fmt)
-        if self.pos + size > len(self.data):
-            raise UserError(f"{self.path}: file ends early (truncated at byte {len(self.data)})",
+        data = self.file.read(size)
+        if len(data) < size:
+            raise UserError(f"{self.path}: file ends early (truncated at byte {self.size})",
                             hint="re-export the COLMAP model")
-        out = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += size
-        return out
+        return struct.unpack(fmt, data)
+
+    def skip(self, n: int) -> None:
+        if self.file.tell() + n > self.size:
+            raise UserError(f"{self.path}: file ends early (truncated at byte {self.size})",
+                            hint="re-export the COLMAP model")
+        self.file.seek(n, 1)
+
+    def count(self, record_bytes: int, what: str) -> int:
+        """A record count, which the bytes left must be able to hold (else the file is damaged)."""
+        (n,) = self.take("<Q")
+        if n * record_bytes > self.size - self.file.tell():
+            raise UserError(f"{self.path}: file ends before the {n:,} {what} it says it holds ({self.size:,} bytes)",
+                            hint="the file is truncated or damaged: re-export the COLMAP model")
+        return n
 
     def cstring(self) -> str:
-        end = self.data.find(b"\0", self.pos)
-        if end < 0:
-            raise UserError(f"{self.path}: file ends inside an image name (truncated)")
+        start = self.file.tell()
+        raw = bytearray()
+        while not raw.endswith(b"\0"):
+            chunk = self.file.read(256)
+            if not chunk:
+                raise UserError(f"{self.path}: file ends inside an image name (truncated)")
+            raw += chunk
+            if b"\0" in chunk:
+                break
+        end = raw.index(b"\0")
+        self.file.seek(start + end + 1)
         try:
-            s = self.data[self.pos:end].decode("utf-8")
+            return raw[:end].decode("utf-8")
         except UnicodeDecodeError:
-            raise UserError(f"{self.path}: the image name at byte {self.pos} is not valid UTF-8 text",
+            raise UserError(f"{self.path}: the image name at byte {start} is not valid UTF-8 text",
                             hint="the file is damaged: re-export the COLMAP model") from None
-        self.pos = end + 1
-        return s
 
 
 def _read_cameras_bin(path: Path) -> dict:
-    r = _Reader(path)
-    (n,) = r.take("<Q")
     cams = {}
-    for _ in range(n):
-        cam_id, model_id, w, h = r.take("<iiQQ")
-        if model_id not in MODELS:
-            raise UserError(f"{path}: camera {cam_id} has unknown model id {model_id}")
-        name, nparams = MODELS[model_id]
-        params = np.array(r.take(f"<{nparams}d"))
-        cams[cam_id] = (name, int(w), int(h), params)
+    with _Reader(path, CAMERAS_LIMIT) as r:
+        for _ in range(r.count(24 + 3 * 8, "cameras")):
+            cam_id, model_id, w, h = r.take("<iiQQ")
+            if model_id not in MODELS:
+                raise UserError(f"{path}: camera {cam_id} has unknown model id {model_id}")
+            name, nparams = MODELS[model_id]
+            params = np.array(r.take(f"<{nparams}d"))
+            cams[cam_id] = (name, int(w), int(h), params)
     return cams
 
 
 def _read_images_bin(path: Path) -> list[dict]:
-    r = _Reader(path)
-    (n,) = r.take("<Q")
     images = []
-    for _ in range(n):
-        image_id, qw, qx, qy, qz, tx, ty, tz, cam_id = r.take("<idddddddi")
-        name = r.cstring()
-        (npts,) = r.take("<Q")
-        r.pos += npts * 24  # (x, y, point3D_id) per keypoint: not needed
-        images.append(dict(id=image_id, qvec=(qw, qx, qy, qz), tvec=(tx, ty, tz), camera_id=cam_id, name=name))
+    with _Reader(path, IMAGES_LIMIT) as r:
+        for _ in range(r.count(64 + 2 + 8, "images")):
+            image_id, qw, qx, qy, qz, tx, ty, tz, cam_id = r.take("<idddddddi")
+            name = r.cstring()
+            (npts,) = r.take("<Q")
+            r.skip(npts * 24)  # (x, y, point3D_id) per keypoint: not needed
+            images.append(dict(id=image_id, qvec=(qw, qx, qy, qz), tvec=(tx, ty, tz), camera_id=cam_id, name=name))
     return images
 
 
 # ----------------------------------------------------------------------------- text
 
 
-def _data_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of every line that is not a comment."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[:e.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not valid UTF-8 text", hint="the file is damaged: re-export the "
-                                                                    "COLMAP model") from None
-    return [(i + 1, line.rstrip("\n")) for i, line in enumerate(text.splitlines()) if not line.startswith("#")]
+TEXT_LIMIT = 64 * GIB  # images.txt holds every image's 2D points: read line by line
+
+
+def _data_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line that is not a comment, read one at a time."""
+    check_regular_file(path, "COLMAP model file", TEXT_LIMIT)
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{i}: not valid UTF-8 text",
+                                hint="the file is damaged: re-export the COLMAP model") from None
+            if not line.startswith("#"):
+                yield i, line
 
 
 def _int(path: Path, lineno: int, text: str, what: str) -> int:
@@ -213,11 +257,13 @@ def _read_cameras_txt(path: Path) -> dict:
 
 
 def _is_points_line(fields: list[str]) -> bool:
-    """A POINTS2D line: (X, Y, POINT3D_ID) triples, all numbers. An image line ends in a name."""
+    """A POINTS2D line: (X, Y, POINT3D_ID) triples of numbers, each POINT3D_ID a whole number (-1 for none).
+    An image line ends in a name; one without its name has a QX and a TX that are not whole numbers."""
     if len(fields) % 3:
         return False
     try:
         [float(x) for x in fields]
+        [int(x) for x in fields[2::3]]
     except ValueError:
         return False
     return True
@@ -227,19 +273,26 @@ def _read_images_txt(path: Path) -> list[dict]:
     """Image lines of ``images.txt``, each followed by its 2D-point line or not.
 
     COLMAP writes a POINTS2D line (possibly empty) after every image line, but
-    some tools leave those lines out; lines are told apart by their content,
-    so both forms read the same.
+    some tools leave those lines out; a line right after an image line is its
+    POINTS2D line when its content says so, so both forms read the same. Any
+    other line is an image line, and one without all ten fields (a lost NAME)
+    is an error, never a frame dropped without a word.
     """
-    images = []
+    images, after_image = [], False
     for lineno, line in _data_lines(path):
         f = line.split(maxsplit=9)
-        if not f or _is_points_line(line.split()):
+        if after_image and (not f or _is_points_line(line.split())):
+            after_image = False
+            continue
+        if not f:
             continue
         if len(f) < 10:
-            raise UserError(f"{path}:{lineno}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME'")
+            raise UserError(f"{path}:{lineno}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', got "
+                            f"{len(f)} field(s)", hint="every image line needs its image's file NAME")
         vals = _floats(path, lineno, f[1:8])
         images.append(dict(id=_int(path, lineno, f[0], "IMAGE_ID"), qvec=vals[:4], tvec=vals[4:7],
-                           camera_id=_int(path, lineno, f[8], "CAMERA_ID"), name=f[9]))
+                           camera_id=_int(path, lineno, f[8], "CAMERA_ID"), name=f[9], line=lineno))
+        after_image = True
     return images
 
 

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ...core.errors import UserError
+from ...core.files import MIB, check_regular_file
 from ..cameras import Cameras
 from ..images import image_size, list_images
 
@@ -32,6 +33,7 @@ def input_files(folder: Path) -> list[Path]:
 def _open(path: Path) -> cv2.FileStorage:
     if not path.exists():
         raise UserError(f"{path} does not exist", hint="EasyMocap data needs intri.yml and extri.yml")
+    check_regular_file(path, "camera file", 256 * MIB)
     try:
         fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
     except (cv2.error, SystemError) as e:  # SystemError: OpenCV's parser fails on some binary garbage

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.errors import UserError
+from ...core.files import MIB, check_regular_file
 from ..cameras import Cameras
 from ..images import downscaled_folder, image_size, list_images
 
@@ -35,6 +36,7 @@ def read(folder: Path, ratio: float = 1.0) -> Cameras:
     check at decode time accepts the already-scaled size.
     """
     path = folder / FILE
+    check_regular_file(path, "camera file", 256 * MIB)  # 136 bytes a pose
     try:
         arr = np.load(path, allow_pickle=False)  # never unpickle: an object array is refused
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -17,7 +18,7 @@ import typer
 from rich.markup import escape
 
 from .config import RENDER_ALIASES_HELP
-from .core.errors import UserError
+from .core.errors import Interrupted, UserError
 from .core.progress import console
 from .core.version import __version__
 
@@ -223,13 +224,14 @@ def train_cmd(
     from .config import explicit_keys, load_config
     from .core import distributed
     from .runs.checkpoints import remove_checkpoints
-    from .train.loop import Interrupted, check_buckets, default_run, train
+    from .train.loop import check_buckets, default_run, train
     from .view.server import ViewerHook
 
     cfg = load_config(config, overrides or [], {"train.device": device})
     explicit = explicit_keys(overrides or [])
     run = run or default_run(data)
     if (gpus > 1 or nnodes > 1) and not distributed.launched_by_torchrun():
+        distributed.check_processes(gpus, device)
         check_buckets(data, cfg, explicit, gpus * nnodes)
         if restart:  # once, here: an elastic restart of the workers must resume, not start over
             remove_checkpoints(run)
@@ -237,11 +239,7 @@ def train_cmd(
                   nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts)
         return
     hooks = [ViewerHook(viewer_host, viewer_port)] if viewer else []
-    try:
-        s = train(data, run, cfg, restart=restart, explicit=explicit, hooks=hooks)
-    except Interrupted as e:
-        console.print(f"interrupted at step {e.step}: checkpoint saved; run the same command to resume")
-        raise typer.Exit(130 if e.signum == 2 else 143)
+    s = train(data, run, cfg, restart=restart, explicit=explicit, hooks=hooks)
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"run        {s.run}")
         typer.echo(f"steps      {s.step} (resumed from {s.resumed_from})")
@@ -285,6 +283,7 @@ def render_cmd(
     opts = RenderOptions(path, frames, args.ratio, args.depth or "median", video, fps, out, overwrite)
     opts.check()
     if gpus > 1 and not distributed.launched_by_torchrun():
+        distributed.check_processes(gpus, device)
         _relaunch(ctx, gpus, "rendering", "run the same command again: frames already written are kept")
         return
     loaded = load_run(run, checkpoint, device, args.render)
@@ -362,8 +361,9 @@ def view_cmd(
     import time
 
     from .runs.load import load_run
-    from .view.server import serve_run
+    from .view.server import check_view_options, serve_run
 
+    check_view_options(host, port, budget_ms, max_res, chunk)
     loaded = load_run(run, checkpoint, device)
     viewer = serve_run(loaded, host, port, budget_ms, max_res, chunk, follow_checkpoints=checkpoint is None)
     console.print(f"viewer of {run} (step {loaded.step}) at [bold]{viewer.url}[/bold]  (Ctrl-C to stop)",
@@ -499,8 +499,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Interrupted as e:  # stopped cleanly (a checkpoint written): what to do next
+        console.print(escape(str(e)), soft_wrap=True)
+        return 130 if e.signum == signal.SIGINT else 143
     except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]")
+        console.print("[red]interrupted[/red]: finished work is kept; run the same command to go on")
         return 130
     except UserError as e:
         if debug:

@@ -287,6 +287,11 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool):
             raise bad()
+        if isinstance(value, str):  # YAML 1.1 reads "1e9" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad() from None
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -408,11 +413,11 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = (), root: Path | None 
     ``outside_base="notice"`` reads it and says so; ``"error"`` refuses it (a run's
     config.yaml, which mip360 writes without a base, must not reach other files).
     """
-    path = path.resolve()
+    given, path = path, path.resolve()
     root = root or path.parent
     if path in seen:
         raise UserError(f"{path}: 'base:' files form a cycle: " + " -> ".join(str(s) for s in seen + (path,)))
-    data = _read_yaml(path)
+    data = _read_yaml(given)  # messages name the file as given, not what a link points to
     base = data.pop("base", None)
     if base is None:
         return data
@@ -564,10 +569,11 @@ def check_ranges(cfg: Config) -> None:
         (d.easymocap_frame >= 0, "data.easymocap_frame must be >= 0", d.easymocap_frame),
         (len(d.alpha_background) == 3 and all(0 <= x <= 1 for x in d.alpha_background),
          "data.alpha_background must be 3 numbers in [0, 1] (RGB)", d.alpha_background),
-        (0 < d.near < d.far, "data.near must be > 0 and < data.far", (d.near, d.far)),
-        (c.bucket_rays >= 1024, "cache.bucket_rays must be >= 1024", c.bucket_rays),
+        (0 < d.near < d.far < float("inf"), "data.near must be > 0 and < data.far, and data.far finite",
+         (d.near, d.far)),
+        (1024 <= c.bucket_rays <= 1 << 30, "cache.bucket_rays must be from 1024 to 2^30", c.bucket_rays),
         (c.memory_mb >= 16, "cache.memory_mb must be >= 16", c.memory_mb),
-        (c.workers >= 1, "cache.workers must be >= 1", c.workers),
+        (1 <= c.workers <= 256, "cache.workers must be from 1 to 256", c.workers),
         (cfg.train.batch_rays >= 1, "train.batch_rays must be >= 1", cfg.train.batch_rays),
         (cfg.train.max_steps >= 1, "train.max_steps must be >= 1", cfg.train.max_steps),
         (cfg.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1", cfg.train.checkpoint_every),
@@ -577,6 +583,17 @@ def check_ranges(cfg: Config) -> None:
         (cfg.train.max_nonfinite >= 1, "train.max_nonfinite must be >= 1", cfg.train.max_nonfinite),
         (cfg.train.lr_init > 0 and cfg.train.lr_final > 0, "train.lr_init and lr_final must be > 0",
          (cfg.train.lr_init, cfg.train.lr_final)),
+        (0 <= cfg.train.adam_beta1 < 1 and 0 <= cfg.train.adam_beta2 < 1,
+         "train.adam_beta1 and adam_beta2 must be in [0, 1)", (cfg.train.adam_beta1, cfg.train.adam_beta2)),
+        (cfg.train.adam_eps > 0, "train.adam_eps must be > 0", cfg.train.adam_eps),
+        (cfg.train.lr_delay_steps >= 0 and 0 < cfg.train.lr_delay_mult <= 1,
+         "train.lr_delay_steps must be >= 0 and train.lr_delay_mult in (0, 1]",
+         (cfg.train.lr_delay_steps, cfg.train.lr_delay_mult)),
+        (cfg.train.interlevel_weight >= 0 and cfg.train.distortion_weight >= 0,
+         "train.interlevel_weight and distortion_weight must be >= 0",
+         (cfg.train.interlevel_weight, cfg.train.distortion_weight)),
+        (cfg.train.batch_rays <= 1 << 24, f"train.batch_rays must be at most {1 << 24:,}", cfg.train.batch_rays),
+        (cfg.train.max_steps <= 10**9, "train.max_steps must be at most 1e9", cfg.train.max_steps),
         (min([*cfg.model.prop.samples, cfg.model.nerf.samples]) >= 2, "every level needs >= 2 samples",
          [*cfg.model.prop.samples, cfg.model.nerf.samples]),
         (0 <= cfg.model.nerf.skip < cfg.model.nerf.depth - 1, "model.nerf.skip must be in [0, depth - 1)",

@@ -266,3 +266,199 @@ def test_any_damage_to_a_cache_is_an_error_or_changes_nothing(pristine_cache, tm
     except UserError:
         return
     assert _same(got, pristine_cache[1])
+
+
+# ----------------------------------------------------------------------------- command-line values
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    """A run of a few steps: for the commands' checks, not for its images."""
+    from mip360cli.config import load_config
+    from mip360cli.data.example import make_example
+    from mip360cli.train.loop import train
+
+    root = tmp_path_factory.mktemp("small")
+    make_example(root / "scene", "colmap", 10, 24, 16)
+    cache = build_cache(root / "scene", DataConfig(), CacheConfig(bucket_rays=1024), out=root / "c.h5").path
+    train(cache, root / "run", load_config("tiny", ["train.max_steps=3", "train.val_every=0", "train.batch_rays=64"]))
+    return root / "run"
+
+
+BIG_PATH = {"width": 100000, "height": 100000, "fov_deg": 50, "frames": [{"c2w": np.eye(4).tolist()}]}
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "{scene}", "--run", "{tmp}/r", "train.adam_beta1=5"], "adam_beta1 and adam_beta2 must be in [0, 1)"),
+    (["train", "{scene}", "--run", "{tmp}/r", "train.adam_eps=-1"], "train.adam_eps must be > 0"),
+    (["train", "{scene}", "--run", "{tmp}/r", "model.nerf.width=1e9"], "parameters) needs about"),
+    (["train", "{scene}", "--run", "{tmp}/r", "train.batch_rays=16777216", "--config", "default"], "needs about"),
+    (["train", "{scene}", "--run", "{tmp}/r", "--gpus", "999"], "--gpus 999: this machine has"),
+    (["render", "{run}", "--gpus", "999"], "--gpus 999: this machine has"),
+    (["render", "{run}", "--frames", "1000000"], "--frames must be from 1 to 100000"),
+    (["render", "{run}", "--path", "{tmp}/big.json"], "the image size must be from 1x1 to 16384x16384"),
+    (["render", "{run}", "--ratio", "nan"], "--ratio nan"),
+    (["preprocess", "{scene}", "--out", "/proc/x.h5"], "/proc"),
+    (["export", "{run}", "--neighbours", "-1"], "--neighbours must be from 1 to 64"),
+    (["export", "{run}", "--points", "0"], "--points must be >= 1"),
+    (["demo", "{tmp}/d", "--frames", "0"], "--frames must be from 1 to 10000"),
+    (["demo", "{tmp}/d", "--steps", "0"], "--steps must be >= 1"),
+    (["view", "{run}", "--port", "70000"], "--port 70000: a port is a number from 1 to 65535"),
+    (["view", "{run}", "--port", "-1"], "--port -1"),
+    (["view", "{run}", "--host", "256.1.1.1"], "--host '256.1.1.1' is not an address"),
+    (["view", "{run}", "--max-res", "100000"], "--max-res from 16 to 16384"),
+    (["train", "{scene}", "--run", "{tmp}/r", "--viewer", "--viewer-port", "0"], "--viewer-port 0"),
+    (["example", "{tmp}/e", "--size", "100000x100000"], "each side must be from 4 to 8192"),
+    (["example", "{tmp}/e", "--distortion", "inf"], "--distortion must be a radial k1"),
+])
+def test_values_out_of_range_are_refused_before_work_starts(scene_copy, small_run, tmp_path, capsys, argv, needle):
+    import json
+
+    (tmp_path / "big.json").write_text(json.dumps(BIG_PATH))
+    values = {"scene": scene_copy("colmap"), "run": small_run, "tmp": tmp_path}
+    code, _, err = run([a.format(**values) for a in argv], capsys)
+    assert code == 1 and needle in err, err
+    assert "internal error" not in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+
+
+def test_ctrl_c_in_the_demo_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    from mip360cli.core.errors import Interrupted
+    from mip360cli.train import loop
+
+    def stop(self, sig, bar):  # the SIGINT flag seen after the first step
+        raise Interrupted("interrupted at step 1: checkpoint saved; run the same command to resume", 2, 1)
+
+    monkeypatch.setattr(loop.Trainer, "_after_step", stop)
+    code, _, err = run(["demo", tmp_path / "d", "--steps", "5", "--frames", "1"], capsys)
+    assert code == 130 and "interrupted at step 1" in err and "internal error" not in err, err
+
+
+@given(frames=st.integers(-3, 3), fps=st.one_of(st.floats(-1e3, 1e4), st.just(float("nan"))), ratio=st.sampled_from(
+    ["0", "-1", "0.5", "1e309", "nan", "5", "0.25"]), depth=st.sampled_from(["none", "mean", "median", "mode", ""]),
+    chunk=st.sampled_from(["auto", "0", "-5", "7", "1e20", "x"]))
+@FUZZ
+def test_render_values_are_a_result_or_one_message(small_run, tmp_path, capsys, frames, fps, ratio, depth, chunk):
+    out = tmp_path / "fuzz"
+    if out.exists():
+        shutil.rmtree(out)
+    code, _, err = run(["render", small_run, "--frames", frames, "--fps", fps, "--ratio", ratio, "--depth", depth,
+                        f"render.chunk_rays={chunk}", "--out", out, "--no-video", "--device", "cpu"], capsys)
+    assert code in (0, 1, 2) and "internal error" not in err and "Traceback" not in err, err
+    if code == 0:
+        assert len(list((out / "rgb").glob("*.png"))) == frames
+
+
+# ----------------------------------------------------------------------------- checkpoints and run folders, read back
+
+
+def _copy_run(run_dir: Path, dst: Path) -> Path:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+CHECKPOINT_DAMAGE = [
+    ("a list", lambda s: [s]),
+    ("no model", lambda s: {k: v for k, v in s.items() if k != "model"}),
+    ("a string step", lambda s: {**s, "step": "12"}),
+    ("a bad RNG state", lambda s: {**s, "rng": {"torch": __import__("torch").zeros(3)}}),
+    ("NaN weights", lambda s: {**s, "model": {k: v * float("nan") for k, v in s["model"].items()}}),
+    ("a wrong shape", lambda s: {**s, "model": {k: v[:1] for k, v in s["model"].items()}}),
+    ("a foreign optimizer", lambda s: {**s, "optimizer": {"state": {}, "param_groups": [{"params": [0]}]}}),
+]
+
+
+@pytest.mark.parametrize("what, damage", CHECKPOINT_DAMAGE, ids=[c[0] for c in CHECKPOINT_DAMAGE])
+def test_a_damaged_checkpoint_is_one_message_for_render_eval_and_resume(small_run, tmp_path, capsys, what, damage):
+    import torch
+
+    from mip360cli.runs import checkpoints as ckpt
+
+    run_dir = _copy_run(small_run, tmp_path / "run")
+    step, last = ckpt.list_checkpoints(run_dir)[-1]
+    state = torch.load(last, weights_only=True)
+    torch.save(damage(state), last)
+    for argv in (["eval", run_dir, "--device", "cpu"],
+                 ["train", small_run.parent / "c.h5", "--run", run_dir, "--config", "tiny", "train.max_steps=5",
+                  "train.batch_rays=64", "train.val_every=0"]):
+        code, _, err = run(argv, capsys)
+        if what == "a foreign optimizer" and argv[0] == "eval":
+            assert code == 0, err  # it renders: only resuming needs its optimizer
+            continue
+        assert code == 1 and str(last.name) in err and "internal error" not in err, (what, argv[0], err)
+
+
+@pytest.mark.parametrize("target", ["config.yaml", "cameras.json", "metrics.jsonl", "checkpoints/step_0000003.pt",
+                                    "cache"])
+@pytest.mark.parametrize("kind", ["dev/zero", "folder", "fifo"])
+def test_a_device_folder_or_fifo_in_place_of_a_file_is_one_message(small_run, tmp_path, capsys, target, kind):
+    """/dev/zero (a link in someone's dataset), a folder or a FIFO where mip360 expects a file: never read
+    until memory runs out, never waited on forever, never an internal error."""
+    import os
+
+    run_dir = _copy_run(small_run, tmp_path / "run")
+    cache = tmp_path / "c.h5"
+    shutil.copy(small_run.parent / "c.h5", cache)
+    path = cache if target == "cache" else run_dir / target
+    path.unlink()
+    if kind == "dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    argv = (["train", cache, "--run", run_dir, "--config", "tiny", "train.max_steps=4", "train.batch_rays=64"]
+            if target in ("cache", "metrics.jsonl") else ["eval", run_dir, "--device", "cpu"])
+    code, _, err = run(argv, capsys)
+    assert code == 1 and "internal error" not in err and "Traceback" not in err, err
+    assert path.name in err or str(path) in err, err
+
+
+@given(data=st.data())
+@FUZZ
+def test_damaged_run_files_are_a_result_or_one_message(small_run, tmp_path, capsys, data):
+    """cameras.json, config.yaml and metrics.jsonl of a run, each cut short, bytes flipped or values
+    swapped: opening the run (and reading its metrics) is a result or one UserError."""
+    import json
+
+    import yaml
+
+    from mip360cli.runs.load import load_run
+    from mip360cli.runs.metrics_log import read_metrics
+
+    run_dir = _copy_run(small_run, tmp_path / "run")
+    name = data.draw(st.sampled_from(["cameras.json", "config.yaml", "metrics.jsonl"]))
+    path = run_dir / name
+    raw = path.read_bytes()
+    how = data.draw(st.sampled_from(["cut", "flip", "value"]))
+    if how == "cut":
+        path.write_bytes(raw[:data.draw(st.integers(0, len(raw)))])
+    elif how == "flip":
+        b = bytearray(raw)
+        for _ in range(data.draw(st.integers(1, 6))):
+            b[data.draw(st.integers(0, len(b) - 1))] = data.draw(st.integers(0, 255))
+        path.write_bytes(bytes(b))
+    elif name != "metrics.jsonl":
+        tree = json.loads(raw) if name.endswith(".json") else yaml.safe_load(raw)
+        node, keys = tree, []
+        while isinstance(node, (dict, list)) and node and data.draw(st.booleans()):
+            key = data.draw(st.sampled_from(list(node) if isinstance(node, dict) else range(len(node))))
+            keys.append(key)
+            node = node[key]
+        value = data.draw(st.sampled_from([None, -1, 0, 1e308, "x", [], {}, [[1, 2]], True, float("nan")]))
+        if keys:
+            parent = tree
+            for k in keys[:-1]:
+                parent = parent[k]
+            parent[keys[-1]] = value
+        else:
+            tree = value
+        path.write_text(json.dumps(tree) if name.endswith(".json") else yaml.safe_dump(tree))
+    try:
+        loaded = load_run(run_dir, device="cpu")
+        read_metrics(run_dir / "metrics.jsonl")
+    except UserError:
+        return
+    assert len(loaded.cameras) == 10 and len(loaded.train) + len(loaded.test) == 10

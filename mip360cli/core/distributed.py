@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -52,6 +54,15 @@ def torchrun_command(nproc: int, nnodes: int = 1, node_rank: int | None = None,
     else:
         cmd.append("--standalone")
     return cmd + ["-m", "mip360cli"]
+
+
+def check_processes(nproc: int, device: str | None) -> None:
+    """``--gpus N`` on this machine: at most one process per GPU (when CUDA is used), else per CPU core."""
+    cuda = torch.cuda.is_available() and (device or "auto") != "cpu"
+    limit = torch.cuda.device_count() if cuda else (os.cpu_count() or 1)
+    if not 1 <= nproc <= limit:
+        what = f"{limit} GPU(s)" if cuda else f"no GPU in use and {limit} CPU core(s)"
+        raise UserError(f"--gpus {nproc}: this machine has {what}", hint=f"use --gpus 1 to {limit}")
 
 
 def relaunch(argv: list[str], nproc: int, **kwargs) -> int:

@@ -17,3 +17,12 @@ class UserError(Exception):
     def __str__(self) -> str:
         text = super().__str__()
         return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+class Interrupted(Exception):
+    """Work stopped by SIGINT (Ctrl-C) or SIGTERM at a point where it could stop cleanly (training: after
+    writing a checkpoint). The command line prints ``message`` and exits 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str, signum: int, step: int | None = None):
+        super().__init__(message)
+        self.signum, self.step = signum, step

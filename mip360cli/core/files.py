@@ -178,7 +178,8 @@ def check_regular_file(path: str | os.PathLike, what: str, limit: int | None = N
     if stat_mod.S_ISDIR(st.st_mode):
         raise UserError(f"{what} {path} is a folder, not a file")
     if not stat_mod.S_ISREG(st.st_mode):
-        raise UserError(f"{what} {path} is not a regular file (a device, a pipe or a socket)",
+        link = f" (a link to {os.path.realpath(path)})" if path.is_symlink() else ""
+        raise UserError(f"{what} {path}{link} is not a regular file (a device, a pipe or a socket)",
                         hint="give the file itself; mip360 reads only regular files")
     if limit is not None and st.st_size > limit:
         raise UserError(f"{what} {path} is {_size(st.st_size)}, more than any real one (at most {_size(limit)})",

@@ -54,11 +54,12 @@ class PointOptions:
         """One UserError for the first value out of its range."""
         checks = [
             (self.split in ("train", "test", "all"), f"--split {self.split!r}: choose train, test or all"),
-            (self.points >= 1, f"--points must be >= 1, got {self.points}"),
+            (1 <= self.points <= 10**9, f"--points must be >= 1 (and at most 1e9), got {self.points}"),
             (0 <= self.min_opacity <= 1, f"--min-opacity must be in [0, 1], got {self.min_opacity}"),
             (self.tolerance > 0, f"--tolerance must be > 0, got {self.tolerance}"),
-            (self.neighbours >= 1, f"--neighbours must be >= 1, got {self.neighbours}"),
-            (self.min_agree >= 0, f"--min-agree must be >= 0 (0: no check), got {self.min_agree}"),
+            (1 <= self.neighbours <= 64, f"--neighbours must be from 1 to 64, got {self.neighbours}"),
+            (0 <= self.min_agree <= 64, f"--min-agree must be from 0 (no check) to 64, got {self.min_agree}"),
+            (self.ratio is None or 0 < self.ratio <= 4, f"--ratio must be in (0, 4], got {self.ratio}"),
             (self.bound >= 0, f"--bound must be >= 0 (0: no limit), got {self.bound}"),
         ]
         for ok, message in checks:

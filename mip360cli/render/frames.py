@@ -49,8 +49,8 @@ class RenderOptions:
     def check(self) -> None:
         if self.depth not in DEPTHS:
             raise UserError(f"--depth {self.depth!r}: choose none, mean or median")
-        if self.frames < 1:
-            raise UserError(f"--frames must be >= 1, got {self.frames}")
+        if not 1 <= self.frames <= 100_000:
+            raise UserError(f"--frames must be from 1 to 100000, got {self.frames}")
         if not (self.fps > 0 and self.fps <= 1000):
             raise UserError(f"--fps {self.fps}: must be > 0 (and at most 1000)")
 

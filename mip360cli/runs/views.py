@@ -10,7 +10,8 @@ import torch
 
 from ..core.errors import UserError
 from ..data.cameras import Cameras, image_rays
-from ..model.model import Mip360, render_rays
+from ..core.memory import require
+from ..model.model import Mip360, chunk_rays, render_rays
 
 
 @dataclass
@@ -31,8 +32,21 @@ def render_image(model: Mip360, K: np.ndarray, c2w: np.ndarray, dist: np.ndarray
 
     ``chunk``: rays at once, or ``auto`` (``render.chunk_rays``, see :func:`~mip360cli.model.model.chunk_rays`).
     """
+    require(frame_bytes(model, width, height, chunk, device), device, f"rendering a {width}x{height} frame",
+            hint="render a smaller image (--ratio, or the camera path's size) or fewer rays at once "
+                 "(render.chunk_rays)")
     out = render_rays(model, *image_rays(K, c2w, dist, width, height, device), chunk, depth=depth)
     return {k: x.float().cpu().numpy().reshape(height, width, *x.shape[1:]) for k, x in out.items()}
+
+
+def frame_bytes(model: Mip360, width: int, height: int, chunk: int | str, device: torch.device) -> float:
+    """About the memory a frame takes to render: its rays and outputs (float32, kept twice while they are
+    joined and copied to numpy) and one chunk's largest MLP activation on every level."""
+    rays = width * height
+    per_ray = 4 * (9 + 6) * 2  # origins, directions, viewdirs; rgb, acc, two depths
+    cfg = model.cfg
+    widest = max(cfg.prop.width * max(cfg.prop.samples), cfg.nerf.width * cfg.nerf.samples)
+    return float(rays) * per_ray + 4.0 * chunk_rays(chunk, model, device) * widest * 3
 
 
 def split_views(cameras: Cameras, indices: np.ndarray, scale: float, split: str) -> list[View]:

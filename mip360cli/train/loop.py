@@ -25,14 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, config_hash, config_to_dict, save_config
 from ..core import distributed
-from ..core.device import resolve_device
-from ..core.errors import UserError
+from ..core.device import mlp_dtype, resolve_device
+from ..core.memory import available_bytes, require
+from ..core.errors import Interrupted, UserError
 from ..core.files import ensure_writable_dir, process_lock
 from ..core.progress import info, progress_bar, warn
 from ..data.cache import RayCache, build_cache, default_cache_path, option_fields, stored_info
 from ..data.cameras import cameras_to_tensors, pixel_rays
 from ..model import losses
-from ..model.model import COMPILE_PREFIX, load_plain_state, plain_state_dict
+from ..model.model import COMPILE_PREFIX, load_plain_state, parameter_count, plain_state_dict, training_bytes
 from ..runs import checkpoints as ckpt
 from ..runs.cameras_file import write_cameras_json
 from ..runs.folder import RunFolder
@@ -48,14 +49,6 @@ from .step import DeviceStats, compute_losses, load_optimizer_state, make_optimi
 
 class CannotResume(UserError):
     """The run's last checkpoint cannot be continued with this config, cache or version (``--restart``)."""
-
-
-class Interrupted(Exception):
-    """Training stopped by SIGINT/SIGTERM after writing a checkpoint."""
-
-    def __init__(self, step: int, signum: int):
-        super().__init__(f"interrupted at step {step}")
-        self.step, self.signum = step, signum
 
 
 @dataclass
@@ -146,6 +139,21 @@ def jitter_for(seed: int, step: int, shards: list[int], sizes: list[int], levels
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
+def check_step_fits(cfg: Config, device: torch.device, shards: int) -> None:
+    """Refuse a training step that cannot fit the device's memory (before anything is built or allocated),
+    with the figure and a batch that fits."""
+    tc, m = cfg.train, cfg.model
+    per_shard = tc.batch_rays // shards
+    value_bytes = 2 if mlp_dtype(tc.precision, device) is not None else 4
+    fixed = training_bytes(m, 0, value_bytes, tc.recompute_proposal)
+    per_ray = training_bytes(m, 1, value_bytes, tc.recompute_proposal) - fixed
+    fits = max(0, int((available_bytes(device) * 0.9 - fixed) // per_ray)) * shards
+    require(fixed + per_ray * per_shard, device, f"a training step of {per_shard:,} rays per process with this "
+            f"model ({parameter_count(m):,} parameters)",
+            hint=f"lower train.batch_rays (about {fits:,} would fit" + (")" if fits else "; even the model alone "
+                 "does not: lower model.nerf.width or depth)") + ", or train on a larger device")
+
+
 def render_validation_view(model, cache: RayCache, run: RunFolder, step: int, chunk: int | str,
                            device: torch.device) -> tuple[float, np.ndarray] | None:
     """Render held-out view 0; write photo | render | depth to RUN/val/; return its PSNR and the panel
@@ -199,6 +207,7 @@ def train(data: str | Path, run: str | Path, cfg: Config, restart: bool = False,
     elif env.local_world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world))
     try:
+        check_step_fits(cfg, device, env.world if env.enabled else (data_shards or 1))
         with contextlib.ExitStack() as stack:
             if env.is_main:  # one training per run folder: a second one would mix checkpoints and metrics
                 run.check_for_training()
@@ -378,7 +387,8 @@ class Trainer:
         if validating and env.is_main:
             self._validate()
         if stop:  # SIGINT/SIGTERM (in some process): all stop at this step, checkpoint written
-            raise Interrupted(step, sig["signum"] or signal.SIGTERM)
+            raise Interrupted(f"interrupted at step {step}: checkpoint saved; run the same command to resume",
+                              sig["signum"] or signal.SIGTERM, step)
 
     def _flush(self) -> list[float]:
         """Read the device's figures; warn of skipped steps, stop a diverged run. Returns the step's

@@ -45,6 +45,31 @@ def check_host(host: str) -> None:
              "machine render (use --host 127.0.0.1, the default, and an SSH tunnel to view it remotely)")
 
 
+def check_address(host: str, port: int, flag: str = "--") -> None:
+    """Refuse an address the viewer cannot listen on (viser's server thread would wait forever): a port
+    outside 1-65535, a host that is not an address of this machine. A port in use is fine: the viewer
+    takes the next free one."""
+    import errno
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise UserError(f"{flag}port {port}: a port is a number from 1 to 65535", hint="the default is 7007")
+    try:
+        family, kind, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError, ValueError) as e:
+        raise UserError(f"{flag}host {host!r} is not an address ({getattr(e, 'strerror', None) or e})",
+                        hint="use 127.0.0.1 (this machine only), 0.0.0.0 (every network) or one of its addresses") \
+            from None
+    with socket.socket(family, kind) as probe:
+        try:
+            probe.bind(addr)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise UserError(f"the viewer cannot listen on {host}:{port} ({e.strerror})",
+                                hint="use 127.0.0.1, 0.0.0.0 or an address of this machine, and a port above "
+                                     "1023 unless you are root") from None
+
+
 def _import_viser():
     try:
         import viser
@@ -80,6 +105,7 @@ class Viewer:
                  host: str = "127.0.0.1", port: int = 7007, background: bool = True, max_frustums: int = 300,
                  title: str = "mip360"):
         viser = _import_viser()
+        check_address(host, port)
         check_host(host)
         self.core, self.cameras, self.transform, self.paths_dir = core, cameras, transform, paths_dir
         self.path = CameraPath()
@@ -331,6 +357,14 @@ class Viewer:
         self.server.stop()
 
 
+def check_view_options(host: str, port: int, budget_ms: int, max_res: int, chunk: int | None) -> None:
+    """``mip360 view``'s options, before a run is loaded."""
+    if not (1 <= budget_ms <= 60_000 and 16 <= max_res <= 16384 and (chunk is None or 1 <= chunk <= 1 << 20)):
+        raise UserError(f"--budget-ms must be from 1 to 60000 (got {budget_ms}), --max-res from 16 to 16384 "
+                        f"(got {max_res}) and --chunk from 1 to {1 << 20} (got {chunk})")
+    check_address(host, port)
+
+
 def serve_run(loaded, host: str, port: int, budget_ms: int, max_res: int, chunk: int | None,
               follow_checkpoints: bool) -> Viewer:
     """``mip360 view``: a viewer of a loaded run, rendering in a background thread.
@@ -339,8 +373,7 @@ def serve_run(loaded, host: str, port: int, budget_ms: int, max_res: int, chunk:
         loaded: a :class:`~mip360cli.runs.load.LoadedRun`; chunk: rays at once (None: the run's render.chunk_rays);
         follow_checkpoints: load the run's newest checkpoint as training writes it.
     """
-    if budget_ms < 1 or max_res < 16 or (chunk is not None and chunk < 1):
-        raise UserError("--budget-ms must be >= 1, --max-res >= 16 and --chunk >= 1")
+    check_view_options(host, port, budget_ms, max_res, chunk)
     core = ViewerCore(loaded.model, loaded.device, chunk=chunk or loaded.cfg.render.chunk_rays,
                       budget_s=budget_ms / 1000, max_side=max_res, run=loaded.run if follow_checkpoints else None,
                       checkpoint_step=loaded.step)
@@ -387,6 +420,7 @@ class ViewerHook(TrainHook):
     at most ``share`` of the time (:class:`TrainingViewer`)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 7007, budget_s: float = 0.1, share: float = 0.08):
+        check_address(host, port, flag="--viewer-")  # before training starts, not after the cache is built
         self.host, self.port, self.budget_s, self.share = host, port, budget_s, share
         self.live: TrainingViewer | None = None
 

@@ -462,3 +462,116 @@ def test_damaged_run_files_are_a_result_or_one_message(small_run, tmp_path, caps
     except UserError:
         return
     assert len(loaded.cameras) == 10 and len(loaded.train) + len(loaded.test) == 10
+
+
+# ----------------------------------------------------------------------------- dataset files
+
+
+DATASET_FILES = [("colmap", "sparse/0/cameras.bin"), ("colmap", "sparse/0/images.bin"), ("llff", "poses_bounds.npy"),
+                 ("transforms", "transforms.json"), ("easymocap", "intri.yml"), ("easymocap", "extri.yml"),
+                 ("colmap", "images/003.png")]
+
+
+@pytest.mark.parametrize("fmt, name", DATASET_FILES)
+@pytest.mark.parametrize("kind", ["dev/zero", "folder", "fifo"])
+def test_a_dataset_file_that_is_a_device_folder_or_fifo_is_one_message(scene_copy, capsys, fmt, name, kind):
+    import os
+
+    root = scene_copy(fmt)
+    path = root / name
+    path.unlink()
+    if kind == "dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    code, _, err = run(["preprocess", root, "--format", fmt], capsys)
+    if name.endswith(".png"):  # a frame without a (regular) image file: skipped, and said so
+        assert code == 0 and "have no image file" in err and path.name in err, err
+        return
+    assert code == 1 and "internal error" not in err and "Traceback" not in err, err
+    assert path.name in err, err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["preprocess", "{scene}", "--config", "/dev/zero"], "is not a regular file"),
+    (["render", "{run}", "--path", "{tmp}/zero.json"], "a link to /dev/zero"),
+])
+def test_a_config_or_camera_path_that_is_a_device_is_one_message(scene_copy, small_run, tmp_path, capsys, argv,
+                                                                   needle):
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    values = {"scene": scene_copy("colmap"), "run": small_run, "tmp": tmp_path}
+    code, _, err = run([a.format(**values) for a in argv], capsys)
+    assert code == 1 and needle in err and "internal error" not in err, err
+
+
+def _edit_images_txt(root: Path, edit) -> None:
+    from mip360cli.data.example import make_example
+
+    make_example(root, "colmap", 8, 16, 12, colmap_binary=False)
+    path = root / "sparse" / "0" / "images.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n")
+
+
+def _image_lines(lines: list[str]) -> list[int]:
+    return [i for i, line in enumerate(lines) if line and not line.startswith("#") and len(line.split()) == 10]
+
+
+def test_pose_values_that_do_not_survive_normalization_are_refused(tmp_path, capsys):
+    def quaternion(lines):
+        i = _image_lines(lines)[2]
+        f = lines[i].split()
+        lines[i] = " ".join([f[0], "1e300", "1e300", "0", "0", *f[5:]])
+        return lines
+
+    def translation(lines):
+        i = _image_lines(lines)[2]
+        f = lines[i].split()
+        lines[i] = " ".join([*f[:5], "1e200", f[6], f[7], *f[8:]])
+        return lines
+
+    def no_name(lines):
+        i = _image_lines(lines)[3]
+        lines[i] = " ".join(lines[i].split()[:9])
+        return lines
+
+    for what, edit, needle in [("quaternion", quaternion, "cannot be normalized"),
+                               ("translation", translation, "camera positions cannot be normalized"),
+                               ("no name", no_name, "every image line needs its image's file NAME")]:
+        root = tmp_path / what.replace(" ", "_")
+        _edit_images_txt(root, edit)
+        code, _, err = run(["preprocess", root], capsys)
+        assert code == 1 and needle in err and "images.txt" in err, (what, err)
+
+
+@pytest.mark.parametrize("angle, needle", [(0, "between 0 and pi"), (3.141592653589793, "between 0 and pi"),
+                                           (-1, "between 0 and pi"), ("wide", "must be a finite number")])
+def test_a_field_of_view_outside_0_to_180_degrees_is_refused(scene_copy, capsys, angle, needle):
+    import json
+
+    root = scene_copy("transforms")
+    meta = json.loads((root / "transforms.json").read_text())
+    for key in ("fl_x", "fl_y"):
+        meta.pop(key, None)
+        for fr in meta["frames"]:
+            fr.pop(key, None)
+    meta["camera_angle_x"] = angle
+    (root / "transforms.json").write_text(json.dumps(meta))
+    code, _, err = run(["preprocess", root], capsys)
+    assert code == 1 and needle in err and "camera_angle_x" in err, err
+
+
+def test_json_nested_beyond_any_real_file_is_one_message(scene_copy, small_run, tmp_path, capsys):
+    deep = "[" * 100_000 + "]" * 100_000
+    root = scene_copy("transforms")
+    (root / "transforms.json").write_text(deep)
+    code, _, err = run(["preprocess", root], capsys)
+    assert code == 1 and "nested too deeply" in err, err
+    run_dir = _copy_run(small_run, tmp_path / "run")
+    (run_dir / "cameras.json").write_text(deep)
+    (tmp_path / "path.json").write_text(deep)
+    for argv in (["eval", run_dir, "--device", "cpu"], ["render", small_run, "--path", tmp_path / "path.json"]):
+        code, _, err = run(argv, capsys)
+        assert code == 1 and "nested too deeply" in err, err

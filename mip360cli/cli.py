@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,8 +19,9 @@ import typer
 from rich.markup import escape
 
 from .config import RENDER_ALIASES_HELP
-from .core.errors import Interrupted, UserError
+from .core.errors import Interrupted, UserError, interrupt_on_ctrl_c
 from .core.progress import console
+from .core.threads import prefer_short_spin
 from .core.version import __version__
 
 OVERRIDES_HELP = ("Config overrides as dotted key=value, e.g. data.ratio=0.5 cache.workers=8 "
@@ -489,6 +491,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     and 0); a :class:`UserError` becomes ``error: ...`` and exit code 1; anything
     else an "internal error" line. ``--debug`` (anywhere) shows the traceback.
     """
+    prefer_short_spin()  # before torch is imported: OpenMP threads that do not spin on a busy machine
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupt_on_ctrl_c) if in_main else None  # Ctrl-C: one line, 130
+    try:
+        return _run(argv)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run(argv: Optional[List[str]]) -> int:
     if argv is None:
         # A process started by torch.distributed.run gets its arguments from the environment.
         launched = os.environ.get("MIP360_TORCHRUN_ARGV") if "LOCAL_RANK" in os.environ else None
@@ -499,7 +512,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except Interrupted as e:  # stopped cleanly (a checkpoint written): what to do next
+    except Interrupted as e:  # Ctrl-C or SIGTERM: what was kept and what to do next
         console.print(escape(str(e)), soft_wrap=True)
         return 130 if e.signum == signal.SIGINT else 143
     except KeyboardInterrupt:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -16,7 +19,7 @@ from mip360cli.data.cameras import pose_errors, similarity_alignment
 from mip360cli.data.example import make_example
 from mip360cli.data.formats import read_cameras
 from mip360cli.data.images import read_image
-from mip360cli.data.poses import blurriest, sharpness
+from mip360cli.data.poses import blurriest, choose_matcher, names_in_capture_order, sequential_pairs, sharpness
 
 pytest.importorskip("pycolmap")  # in [test]; without it, only the install message is testable (below)
 
@@ -118,7 +121,8 @@ def test_unmatched_photos_are_a_clear_error(tmp_path, capsys):
     assert ("could be matched" in err or "could not start a model" in err or "were registered" in err), err
     assert "hint:" in err
     assert not (tmp_path / "noise-mip360" / "sparse" / "0").exists()
-    assert not (tmp_path / "noise-mip360" / "colmap").exists()  # the working database is removed
+    # COLMAP's database is kept, for the next run to go on from, in mip360's own folder
+    assert (tmp_path / "noise-mip360" / ".mip360-colmap" / "record.json").is_file()
 
 
 def test_turned_photos_are_written_upright_for_colmap(textured, tmp_path):
@@ -170,3 +174,58 @@ def test_similarity_alignment_recovers_a_known_similarity():
     R = q * np.sign(np.linalg.det(q))
     s, R2, t = similarity_alignment(pts, 2.5 * pts @ R.T + [1.0, -2.0, 0.5])
     assert s == pytest.approx(2.5) and np.allclose(R2, R) and np.allclose(t, [1.0, -2.0, 0.5])
+
+
+def test_the_plan_scales_to_hundreds_of_photos():
+    """252 photos of a published scene at 0.25 s a pair (what a busy 2-core machine did): exhaustive
+    matching is 31,626 pairs, over 2 hours; named in capture order, sequential matching with loop
+    closure is chosen, and the plan says what each would cost."""
+    assert names_in_capture_order([f"DSC0{7956 + i}.JPG" for i in range(252)])
+    assert names_in_capture_order([f"frame_{i:05d}.jpg" for i in range(1, 50)])
+    assert not names_in_capture_order(["a3f9.jpg", "b11e.jpg", "c04d.jpg"])  # no numbers
+    assert not names_in_capture_order(["IMG_0003.jpg", "IMG_0100.jpg", "IMG_0900.jpg"])  # far apart
+    matcher, lines = choose_matcher(252, True, False, 0.25, 10, "auto")
+    assert matcher == "sequential"
+    assert "exhaustive matching: 31,626 pairs, about 2.2 h" in lines[0]
+    pairs = sequential_pairs(252, 10)
+    assert f"sequential matching (10 neighbours, loop closure): {len(pairs):,} pairs" in lines[1]
+    assert len(pairs) < 31_626 / 6 and (0, 251) in pairs and (0, 1) in pairs  # the end meets the start
+    assert all(0 <= i < j < 252 for i, j in pairs) and len(set(pairs)) == len(pairs)
+    # few photos, or a fast machine: every pair; unordered names: every pair, and how to go faster
+    assert choose_matcher(40, True, False, 0.25, 10, "auto")[0] == "exhaustive"
+    assert choose_matcher(252, True, False, 0.01, 10, "auto")[0] == "exhaustive"
+    matcher, lines = choose_matcher(252, False, False, 0.25, 10, "auto")
+    assert matcher == "exhaustive" and "--max-size" in lines[-1]
+    assert choose_matcher(300, False, True, 0.01, 10, "auto")[0] == "sequential"  # a long video
+    assert choose_matcher(252, True, False, 0.25, 10, "exhaustive")[0] == "exhaustive"  # asked for
+
+
+def test_an_interrupted_run_keeps_its_features_and_the_next_goes_on(textured, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while matching: one line, exit 130, COLMAP's database kept; the next run reuses its features
+    (and leaves the user's own colmap/ folder alone)."""
+    from mip360cli.data import poses
+
+    data = tmp_path / "data"
+    shutil.copytree(textured / "images", data / "images")
+    (data / "colmap").mkdir()
+    (data / "colmap" / "project.ini").write_text("the user's COLMAP project")
+    real = poses._match
+
+    def interrupted(work, matcher, pairs, common, show=True):
+        if show:  # the measurement of the plan runs; the matching itself gets Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the signal's handler raises before this ends
+        return real(work, matcher, pairs, common, show)
+
+    monkeypatch.setattr(poses, "_match", interrupted)
+    args = ["poses", data, "--camera-model", "SIMPLE_PINHOLE", "--threads", "1"]
+    code, out, err = run(args, capsys)
+    assert code == 130 and "interrupted" in err and "internal error" not in err, err
+    assert "plan       40 images" in err and "exhaustive matching: 780 pairs" in err
+    record = json.loads((data / ".mip360-colmap" / "record.json").read_text())
+    assert record["done"] == ["features", "calibrated"]
+    monkeypatch.setattr(poses, "_match", real)
+    code, out, err = run(args, capsys)
+    assert code == 0 and "features: those of the previous run" in err and "finding features" not in err, err
+    assert f"registered {N} / {N} images" in out
+    assert (data / "colmap" / "project.ini").read_text() == "the user's COLMAP project"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -32,7 +33,8 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from ..core.errors import UserError
+from ..core.errors import Interrupted, UserError
+from ..core.files import MIB, atomic_write_text, files_below, read_json_bounded, refuse_foreign
 from ..core.progress import info, progress_bar, warn
 from .images import IMAGE_EXTENSIONS, file_orientation, list_images, read_image
 
@@ -294,7 +296,7 @@ def _count(db: Path, sql: str) -> int:
         return 0
 
 
-def _stage(name: str, kwargs: dict, counter, errors) -> None:
+def _stage(name: str, kwargs: dict, counter, errors, elapsed) -> None:
     """One pycolmap step, in a child process (see :func:`_run_stage`)."""
     import signal
 
@@ -306,6 +308,7 @@ def _stage(name: str, kwargs: dict, counter, errors) -> None:
     threads = kwargs.pop("threads")
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = threads
+    started = time.perf_counter()
     try:
         if name == "features":
             reader = pycolmap.ImageReaderOptions()
@@ -319,12 +322,11 @@ def _stage(name: str, kwargs: dict, counter, errors) -> None:
                                       device=pycolmap.Device.cpu)
         elif name == "exhaustive":
             pycolmap.match_exhaustive(kwargs["db"], matching_options=matching, device=pycolmap.Device.cpu)
-        elif name == "sequential":
-            pairing = pycolmap.SequentialPairingOptions()
-            pairing.overlap = kwargs["overlap"]
-            pairing.quadratic_overlap = False
-            pycolmap.match_sequential(kwargs["db"], matching_options=matching, pairing_options=pairing,
-                                      device=pycolmap.Device.cpu)
+        elif name == "pairs":  # the pairs listed in a file (sequential matching, the plan's measurement)
+            pairing = pycolmap.ImportedPairingOptions()
+            pairing.match_list_path = kwargs["pairs"]
+            pycolmap.match_image_pairs(kwargs["db"], matching_options=matching, pairing_options=pairing,
+                                       device=pycolmap.Device.cpu)
         elif name == "mapping":
             options = pycolmap.IncrementalPipelineOptions()
             options.random_seed = kwargs["random_seed"]
@@ -340,23 +342,25 @@ def _stage(name: str, kwargs: dict, counter, errors) -> None:
     except Exception as e:  # noqa: BLE001 - reported by the parent as a clear message
         errors.put(f"{type(e).__name__}: {e}")
         raise SystemExit(1) from None
+    elapsed.value = time.perf_counter() - started
 
 
 def _run_stage(name: str, kwargs: dict, description: str, total: int, unit: str,
-               poll: Callable[[], int] | None) -> None:
+               poll: Callable[[], int] | None, show: bool = True) -> float:
     """Run a pycolmap step in a child process while a progress bar follows it.
 
     A child process, because pycolmap bundles its own SQLite: reading the
     database from this process while pycolmap writes it would mix two SQLite
     libraries' locks in one process (which corrupts it). A crash of COLMAP or
-    Ctrl-C ends only the child; either becomes one clear message.
+    Ctrl-C ends only the child; either becomes one clear message. What the child wrote to the
+    database stays (the next run goes on from it). Returns the seconds COLMAP itself took.
     """
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    counter, errors = ctx.Value("l", 0), ctx.Queue()
-    child = ctx.Process(target=_stage, args=(name, kwargs, counter, errors), daemon=True)
-    with progress_bar(description, total, unit) as bar:
+    counter, errors, elapsed = ctx.Value("l", 0), ctx.Queue(), ctx.Value("d", 0.0)
+    child = ctx.Process(target=_stage, args=(name, kwargs, counter, errors, elapsed), daemon=True)
+    with (progress_bar(description, total, unit) if show else contextlib.nullcontext(_Silent())) as bar:
         child.start()
         done = 0
         try:
@@ -366,7 +370,7 @@ def _run_stage(name: str, kwargs: dict, description: str, total: int, unit: str,
                 if now > done:
                     bar.advance(now - done)
                     done = now
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted):
             child.kill()  # its work is thrown away; SIGTERM would make COLMAP print a crash report
             child.join()
             raise
@@ -377,6 +381,12 @@ def _run_stage(name: str, kwargs: dict, description: str, total: int, unit: str,
             f"the process ended with {'signal ' + str(-child.exitcode) if child.exitcode < 0 else child.exitcode}")
         raise UserError(f"COLMAP failed while {description}: {message}",
                         hint="run again with --debug for details; a crash here is COLMAP's, please report it")
+    return elapsed.value
+
+
+class _Silent:
+    def advance(self, n: int = 1, status: str | None = None) -> None:
+        pass
 
 
 def compute_poses(source: str | Path, out: str | Path | None = None, opts: PosesOptions | None = None
@@ -414,70 +424,243 @@ def _compute(source: Path, data: Path, model: Path, opts: PosesOptions) -> Poses
         raise UserError(f"only {n} image(s) to pose", hint="poses need many overlapping photos (dozens at least)")
     if dropped:
         info(f"dropped the {dropped} blurriest of {n + dropped} images (--keep {opts.keep or 0.9})")
-
-    work = data / "colmap"
-    shutil.rmtree(work, ignore_errors=True)  # a killed earlier run's database
-    work.mkdir()
-    db = str(work / "database.db")
     is_video = source.is_file()
     mode = opts.camera_mode or ("single" if is_video else "auto")
-    matcher = opts.matcher
-    if matcher == "auto":
-        matcher = "sequential" if is_video and n > EXHAUSTIVE_LIMIT else "exhaustive"
+    features = {"names": names, "camera_model": opts.camera_model, "max_size": opts.max_size, "camera_mode": mode}
+    work = ColmapWork(data / WORK_DIR, features)
+    db = str(work.db)
     common = {"db": db, "seed": opts.seed, "threads": opts.threads}
-    try:
-        t = time.perf_counter()
+
+    t = time.perf_counter()
+    if work.done("features"):
+        info(f"features: those of the previous run ({work.path}), same images and options")
+    else:
         _run_stage("features", {**common, "images": str(data / "images"), "names": names,
                                 "camera_model": opts.camera_model, "max_size": opts.max_size,
                                 "camera_mode": {"auto": "AUTO", "single": "SINGLE", "per-image": "PER_IMAGE"}[mode]},
                    "finding features", n, "images", lambda: _count(db, "SELECT COUNT(*) FROM keypoints"))
-        seconds["features"] = time.perf_counter() - t
+        work.mark("features")
+    seconds["features"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        pairs = n * (n - 1) // 2 if matcher == "exhaustive" else sum(min(opts.overlap, n - 1 - i) for i in range(n))
-        _run_stage(matcher, {**common, "overlap": opts.overlap}, f"matching ({matcher})", pairs, "pairs",
-                   lambda: _count(db, "SELECT COUNT(*) FROM matches"))
-        verified = _count(db, "SELECT COUNT(*) FROM two_view_geometries WHERE config IN "
-                              f"({', '.join(map(str, _VERIFIED))})")
-        seconds["matching"] = time.perf_counter() - t
-        if verified == 0:
-            raise UserError(f"no two of the {n} images could be matched",
-                            hint="the views must overlap (neighbouring photos share most of the scene); try "
-                                 + ("--matcher exhaustive, " if matcher == "sequential" else "")
-                                 + "a larger --max-size, or more photos")
+    t = time.perf_counter()
+    matcher, pairs = _plan_matching(work, names, is_video, opts, common)
+    step = f"matching {matcher} {opts.overlap if matcher == 'sequential' else ''}".strip()
+    if work.done(step):
+        info(f"matching: the matches of the previous run ({work.path})")
+    else:
+        _match(work, matcher, pairs, common)
+        work.mark(step)
+    verified = _count(db, "SELECT COUNT(*) FROM two_view_geometries WHERE config IN "
+                          f"({', '.join(map(str, _VERIFIED))})")
+    seconds["matching"] = time.perf_counter() - t
+    if verified == 0:
+        raise UserError(f"no two of the {n} images could be matched",
+                        hint="the views must overlap (neighbouring photos share most of the scene); try "
+                             + ("--matcher exhaustive, " if matcher == "sequential" else "")
+                             + "a larger --max-size, or more photos")
+    t = time.perf_counter()
+    best = _map(work, data, n, verified, matcher, opts, common)
+    seconds["mapping"] = time.perf_counter() - t
+    _write_model(best, data, model)
+    return PosesResult(data, n, int(best.num_reg_images()), float(best.compute_mean_reprojection_error()),
+                       int(best.num_points3D()), matcher, dropped, seconds)
 
-        t = time.perf_counter()
-        (work / "sparse").mkdir()
-        _run_stage("mapping", {**common, "images": str(data / "images"), "out": str(work / "sparse"),
-                               "random_seed": opts.seed}, "mapping", n, "images", None)
-        seconds["mapping"] = time.perf_counter() - t
-        pycolmap = require_pycolmap()
-        models = [pycolmap.Reconstruction(str(p)) for p in sorted((work / "sparse").iterdir()) if p.is_dir()]
-        if not models:
-            raise UserError(f"COLMAP could not start a model from the {n} images ({verified} matched pairs)",
-                            hint="more overlap between photos, sequential matching for a video "
-                                 "(--matcher sequential), or a lower --max-size for very large images")
-        best = max(models, key=lambda r: r.num_reg_images())
-        n_reg = int(best.num_reg_images())
-        if n_reg < max(3, opts.min_registered * n):
-            raise UserError(f"only {n_reg} of {n} images were registered (largest of {len(models)} model(s))",
-                            hint="the capture needs more overlap between neighbouring views; try "
-                                 + ("--matcher exhaustive, " if matcher == "sequential" else
-                                    "--matcher sequential for a video, ")
-                                 + "a higher --fps, or lower --min-registered to keep the partial model")
-        if n_reg < n:
-            warn(f"{n - n_reg} of {n} images were not registered; they are left out of the model")
-        tmp = data / "sparse" / ".0.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        best.write(str(tmp))
-        if model.exists():
-            shutil.rmtree(model)
-        os.replace(tmp, model)
-        return PosesResult(data, n, n_reg, float(best.compute_mean_reprojection_error()),
-                           int(best.num_points3D()), matcher, dropped, seconds)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+def _map(work: "ColmapWork", data: Path, n: int, verified: int, matcher: str, opts: PosesOptions, common: dict):
+    """Incremental mapping into the work folder; the largest model, checked to hold enough of the images."""
+    sparse = work.path / "sparse"
+    shutil.rmtree(sparse, ignore_errors=True)  # the work folder is mip360's: an earlier run's models
+    sparse.mkdir()
+    _run_stage("mapping", {**common, "images": str(data / "images"), "out": str(sparse),
+                           "random_seed": opts.seed}, "mapping", n, "images", None)
+    pycolmap = require_pycolmap()
+    models = [pycolmap.Reconstruction(str(p)) for p in sorted(sparse.iterdir()) if p.is_dir()]
+    if not models:
+        raise UserError(f"COLMAP could not start a model from the {n} images ({verified} matched pairs)",
+                        hint="more overlap between photos, sequential matching for a video "
+                             "(--matcher sequential), or a lower --max-size for very large images")
+    best = max(models, key=lambda r: r.num_reg_images())
+    n_reg = int(best.num_reg_images())
+    if n_reg < max(3, opts.min_registered * n):
+        raise UserError(f"only {n_reg} of {n} images were registered (largest of {len(models)} model(s))",
+                        hint="the capture needs more overlap between neighbouring views; try "
+                             + ("--matcher exhaustive, " if matcher == "sequential" else
+                                "--matcher sequential for a video, ")
+                             + "a higher --fps, or lower --min-registered to keep the partial model")
+    if n_reg < n:
+        warn(f"{n - n_reg} of {n} images were not registered; they are left out of the model")
+    return best
+
+
+def _write_model(best, data: Path, model: Path) -> None:
+    """``data/sparse/0`` from the model, atomically; an earlier one replaced only when mip360 made it."""
+    if model.is_dir() and any(model.iterdir()) and not (model / MODEL_MARKER).exists():
+        refuse_foreign(model, sorted(p.name for p in model.iterdir()), "it is a model mip360 did not make, "
+                       "and --overwrite replaces only mip360's own", hint="move it away to compute the poses again")
+    tmp = data / "sparse" / ".0.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    best.write(str(tmp))
+    (tmp / MODEL_MARKER).write_text(json.dumps({"written by": "mip360 poses"}) + "\n")
+    if model.exists():
+        shutil.rmtree(model)
+    os.replace(tmp, model)
+
+
+# ----------------------------------------------------------------------------- matching: the plan and its pairs
+
+
+WORK_DIR = ".mip360-colmap"
+MODEL_MARKER = ".mip360_poses.json"
+# auto picks exhaustive matching when it is estimated to take at most this long (or for few images)
+EXHAUSTIVE_BUDGET_S = 15 * 60
+CALIBRATION_PAIRS = 12
+
+
+class ColmapWork:
+    """``DATA/.mip360-colmap``: COLMAP's database and which steps it holds, kept between runs.
+
+    A run killed in the middle (Ctrl-C) keeps its features and matches; the next run with the same
+    images and feature options reuses them (COLMAP skips the images and pairs already in the
+    database). Other images or options start a new database: the old one is mip360's to delete.
+    """
+
+    def __init__(self, path: Path, features: dict):
+        self.path, self.db, self.record_path = path, path / "database.db", path / "record.json"
+        if path.exists() and not self.record_path.is_file():
+            refuse_foreign(path, files_below(path, 1000) or [path.name], "it is where mip360 keeps COLMAP's "
+                           "database", hint="move it away")
+        record = self._read()
+        if record.get("features") != features:
+            if self.db.exists():
+                info(f"COLMAP's database in {path} was made from other images or options: starting a new one")
+            shutil.rmtree(path, ignore_errors=True)
+            record = {"features": features, "done": []}
+        self.record = record
+        path.mkdir(parents=True, exist_ok=True)
+        self._write()
+
+    def _read(self) -> dict:
+        if not self.record_path.is_file():
+            return {}
+        try:
+            record = read_json_bounded(self.record_path, "COLMAP work record", 256 * MIB)
+        except UserError:
+            return {}
+        return record if isinstance(record, dict) and isinstance(record.get("done"), list) else {}
+
+    def _write(self) -> None:
+        atomic_write_text(self.record_path, json.dumps(self.record) + "\n")
+
+    def done(self, step: str) -> bool:
+        return step in self.record["done"] and self.db.exists()
+
+    def mark(self, step: str) -> None:
+        self.record["done"].append(step)
+        self._write()
+
+
+def sequential_pairs(n: int, overlap: int) -> list[tuple[int, int]]:
+    """Pairs of images (indices in capture order) for sequential matching with loop closure.
+
+    Each image is matched with its ``overlap`` next ones, with the ones 2^k further on (a long capture
+    is tied together), and the first ``overlap`` images with the last ones (a walk around a scene ends
+    where it began). Returns sorted (i, j), i < j, without repeats.
+
+    Example:
+        >>> sequential_pairs(6, 1)
+        [(0, 1), (0, 2), (0, 4), (0, 5), (1, 2), (1, 3), (1, 5), (2, 3), (2, 4), (3, 4), (3, 5), (4, 5)]
+    """
+    pairs = set()
+    for i in range(n):
+        for j in range(i + 1, min(n, i + overlap + 1)):
+            pairs.add((i, j))
+        step = 2 * overlap
+        while i + step < n:
+            pairs.add((i, i + step))
+            step *= 2
+    for i in range(min(overlap, n)):  # loop closure: the end of the capture with its start
+        for j in range(max(i + 1, n - overlap), n):
+            pairs.add((i, j))
+    return sorted(pairs)
+
+
+def names_in_capture_order(names: list[str]) -> bool:
+    """Whether sorted file names follow the capture (IMG_0001.JPG, DSC07956.JPG, frame_00001.jpg): every
+    name ends in a number, the numbers rise in name order, and most steps between them are small."""
+    numbers = []
+    for name in names:
+        m = re.search(r"(\d+)\D*$", Path(name).stem)
+        if m is None:
+            return False
+        numbers.append(int(m.group(1)))
+    steps = np.diff(numbers)
+    return len(numbers) > 1 and bool(np.all(steps > 0)) and float(np.median(steps)) <= 10
+
+
+def choose_matcher(n: int, ordered: bool, is_video: bool, seconds_per_pair: float, overlap: int,
+                   asked: str) -> tuple[str, list[str]]:
+    """The matcher ``auto`` picks, and the lines of the plan that say why.
+
+    Exhaustive matching when it fits in :data:`EXHAUSTIVE_BUDGET_S` at the measured rate (or the images
+    are few), else sequential when the names follow the capture; a video of over 150 frames always
+    matches sequentially.
+    """
+    exhaustive, sequential = n * (n - 1) // 2, len(sequential_pairs(n, overlap))
+    cost = lambda pairs: _duration(pairs * seconds_per_pair)  # noqa: E731
+    lines = [f"exhaustive matching: {exhaustive:,} pairs, about {cost(exhaustive)}",
+             f"sequential matching ({overlap} neighbours, loop closure): {sequential:,} pairs, about "
+             f"{cost(sequential)}" + ("" if ordered else " (the names do not follow the capture)")]
+    if asked != "auto":
+        return asked, lines
+    if is_video:
+        return ("sequential" if n > EXHAUSTIVE_LIMIT else "exhaustive"), lines
+    if exhaustive * seconds_per_pair <= EXHAUSTIVE_BUDGET_S or n <= 2 * overlap or not ordered:
+        if not ordered and exhaustive * seconds_per_pair > EXHAUSTIVE_BUDGET_S:
+            lines.append("to go faster: photos named in capture order match sequentially (--matcher sequential), "
+                         "or fewer features with a lower --max-size")
+        return "exhaustive", lines
+    return "sequential", lines + ["(--matcher exhaustive to match every pair)"]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _plan_matching(work: ColmapWork, names: list[str], is_video: bool, opts: PosesOptions, common: dict
+                   ) -> tuple[str, list[tuple[int, int]] | None]:
+    """Measure matching on a few neighbouring pairs, print the plan, and pick the matcher (and its pairs)."""
+    n = len(names)
+    rate = work.record.get("seconds_per_pair")
+    if rate is None:
+        first = [(i, i + 1) for i in range(min(CALIBRATION_PAIRS, n - 1))]  # any plan matches these
+        rate = max(_match(work, "pairs", first, common, show=False) / len(first), 1e-4)
+        work.record["seconds_per_pair"] = rate
+        work.mark("calibrated")
+    matcher, lines = choose_matcher(n, names_in_capture_order(names), is_video, rate, opts.overlap, opts.matcher)
+    info(f"plan       {n} images, matching measured at {rate:.2f} s a pair here:")
+    for line in lines:
+        info(f"           {line}")
+    info(f"matching   {matcher}")
+    return matcher, (sequential_pairs(n, opts.overlap) if matcher == "sequential" else None)
+
+
+def _match(work: ColmapWork, matcher: str, pairs: list[tuple[int, int]] | None, common: dict, show: bool = True
+           ) -> float:
+    """Match the images of the database: every pair, or the listed ones (indices into the names)."""
+    names = work.record["features"]["names"]
+    kwargs = dict(common)
+    total = len(names) * (len(names) - 1) // 2
+    if pairs is not None:
+        listed = work.path / "pairs.txt"
+        atomic_write_text(listed, "".join(f"{names[i]} {names[j]}\n" for i, j in pairs))
+        kwargs["pairs"], total = str(listed), len(pairs)
+    return _run_stage("exhaustive" if pairs is None else "pairs", kwargs, f"matching ({matcher})", total, "pairs",
+                      lambda: _count(work.db, "SELECT COUNT(*) FROM matches"), show=show)
 
 
 def _check_options(opts: PosesOptions) -> None:
@@ -496,20 +679,3 @@ def _check_options(opts: PosesOptions) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-
-
-def summary_lines(r: PosesResult) -> list[str]:
-    if r.status != "computed":
-        return [f"dataset    {r.data} already has poses ({r.data / 'sparse' / '0'}); --overwrite to compute them "
-                "again", f"next: mip360 preprocess {r.data}"]
-    total = sum(r.seconds.values())
-    stages = ", ".join(f"{k} {v:.1f} s" for k, v in r.seconds.items())
-    return [
-        f"dataset    {r.data} (images/ and sparse/0)",
-        f"registered {r.registered} / {r.images} images ({100 * r.registered / r.images:.0f}%)"
-        + (f"; {r.dropped_blurry} blurry ones dropped before" if r.dropped_blurry else ""),
-        f"error      {r.reprojection_error:.3f} px mean reprojection, {r.points:,} points",
-        f"matching   {r.matcher}",
-        f"time       {total:.1f} s ({stages})",
-        f"next: mip360 preprocess {r.data}",
-    ]

@@ -115,7 +115,8 @@ def stop_signals() -> Iterator[dict]:
 
     def handler(signum, frame):
         if state["signum"]:  # a second signal: stop now
-            raise KeyboardInterrupt
+            raise Interrupted("interrupted again before the checkpoint was written: the run resumes from the "
+                              "last one", signum)
         state["signum"] = signum
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -575,3 +575,44 @@ def test_json_nested_beyond_any_real_file_is_one_message(scene_copy, small_run, 
     for argv in (["eval", run_dir, "--device", "cpu"], ["render", small_run, "--path", tmp_path / "path.json"]):
         code, _, err = run(argv, capsys)
         assert code == 1 and "nested too deeply" in err, err
+
+
+@given(data=st.data())
+@settings(parent=FUZZ, max_examples=max(1, FUZZ.max_examples // 3))  # each example trains (a resume)
+def test_damaged_checkpoints_are_a_result_or_one_message(small_run, tmp_path, capsys, data):
+    """A checkpoint's fields dropped, swapped for other types, its tensors cut, reshaped or retyped:
+    rendering (load_run) and resuming (the trainer's checks) give a result or one UserError."""
+    import torch
+
+    from mip360cli.runs import checkpoints as ckpt
+    from mip360cli.runs.load import load_run
+
+    run_dir = _copy_run(small_run, tmp_path / "run")
+    step, last = ckpt.list_checkpoints(run_dir)[-1]
+    state = torch.load(last, weights_only=True)
+    for _ in range(data.draw(st.integers(1, 3))):
+        key = data.draw(st.sampled_from(sorted(state)))
+        what = data.draw(st.sampled_from(["drop", "value", "tensor"]))
+        if what == "drop":
+            state.pop(key)
+        elif what == "value":
+            state[key] = data.draw(st.sampled_from([None, -1, 2**70, "x", [], {}, 1.5, True, torch.zeros(2)]))
+        elif isinstance(state[key], dict) and state[key]:
+            inner = data.draw(st.sampled_from(sorted(state[key], key=str)))
+            v = state[key][inner]
+            if isinstance(v, torch.Tensor) and v.numel():
+                state[key][inner] = data.draw(st.sampled_from([v[:1], v.reshape(-1), v.double(), v.int(),
+                                                               torch.full_like(v, float("inf")) if
+                                                               v.is_floating_point() else v[:0]]))
+            else:
+                state[key][inner] = None
+        if not state:
+            break
+    torch.save(state, last)
+    try:
+        assert load_run(run_dir, device="cpu").step >= 0
+    except UserError:
+        pass
+    code, _, err = run(["train", small_run.parent / "c.h5", "--run", run_dir, "--config", "tiny",
+                        "train.max_steps=4", "train.batch_rays=64", "train.val_every=0"], capsys)
+    assert code in (0, 1) and "internal error" not in err and "Traceback" not in err, err

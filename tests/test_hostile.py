@@ -54,6 +54,18 @@ def test_a_render_folder_keeps_only_mips_files_and_cleans_what_a_killed_render_l
     assert code == 1 and "notes.txt" in err and (out / "notes.txt").exists()
 
 
+def test_a_render_folder_of_an_earlier_mip360_is_not_cleared_by_guesswork(trained_example, tmp_path, capsys):
+    """render.json of an earlier version lists no frame names: its files are left alone."""
+    import json
+
+    out = tmp_path / "old"
+    (out / "rgb").mkdir(parents=True)
+    (out / "render.json").write_text(json.dumps({"views": "x", "frames": 2, "depth": "median"}))
+    (out / "rgb" / "00000.png").write_bytes(b"a frame, or the user's photo")
+    code, _, err = run(["render", trained_example["run"], "--frames", "2", "--out", out, "--device", "cpu"], capsys)
+    assert code == 1 and "rendered by an earlier mip360" in err and (out / "rgb" / "00000.png").exists(), err
+
+
 def test_two_renders_into_one_folder_the_second_is_refused(trained_example, tmp_path, capsys):
     out = tmp_path / "r"
     args = ["render", trained_example["run"], "--frames", "2", "--out", out, "--device", "cpu", "--no-video"]

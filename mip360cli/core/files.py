@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import re
+import stat as stat_mod
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -66,7 +67,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".partial",
 def leftover_temp_files(path: str | os.PathLike) -> list[Path]:
     """Temporary files :func:`atomic_path` left beside ``path`` when a process was killed mid-write."""
     path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*partial*")) if path.parent.is_dir() else []
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if temp_target(p.name) == path.name)
 
 
 @contextlib.contextmanager
@@ -152,8 +155,6 @@ KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 
 def is_regular_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` (followed through links) is a regular file: safe to open and read."""
-    import stat as stat_mod
-
     try:
         return stat_mod.S_ISREG(os.stat(path).st_mode)
     except OSError:
@@ -166,8 +167,6 @@ def check_regular_file(path: str | os.PathLike, what: str, limit: int | None = N
     Directories, devices (``/dev/zero``), FIFOs and sockets are refused before they are opened (opening a
     FIFO would wait forever, reading a device would never end), with one message naming ``what``.
     """
-    import stat as stat_mod
-
     path = Path(path)
     try:
         st = os.stat(path)
@@ -233,12 +232,21 @@ def _size(n: int) -> str:
 
 # ----------------------------------------------------------------------------- what mip360 wrote
 
-_TEMP = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.partial(\..*)?")
+_TEMP = re.compile(r"\.(?P<target>.+?)\.[a-z0-9_]+\.partial(\..*)?")  # mkstemp's random part, then .partial
 
 
 def temp_target(name: str) -> str | None:
     """The name of the file an :func:`atomic_path` temporary file ``name`` was to become, or None when
-    ``name`` is not such a temporary file (``.frame.png.k1ll3dx.partial`` -> ``frame.png``)."""
+    ``name`` is not such a temporary file.
+
+    Example:
+        >>> temp_target(".00001.png.k1ll3dxx.partial"), temp_target(".rgb.mp4.a1b2c3d4.partial.mp4")
+        ('00001.png', 'rgb.mp4')
+        >>> temp_target(".c.h5.k1ll3d.partial.runs.partial")  # the cache's spill file
+        'c.h5'
+        >>> temp_target("notes.txt") is None
+        True
+    """
     m = _TEMP.fullmatch(name)
     return m.group("target") if m else None
 

@@ -194,20 +194,20 @@ class RenderFolder:
 
     def owned(self, manifest: dict | None) -> Callable[[Path], bool]:
         """Whether a file (relative path) is one mip360 wrote, given the folder's manifest."""
-        if manifest is None:  # no manifest: nothing here is mip360's (but the lock of a render that died at once)
-            return lambda rel: rel == Path(LOCK)
-        names = manifest.get("names")
-        known = set(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+        names = (manifest or {}).get("names")
+        # no manifest, or one without the frames' names (an earlier mip360 did not record them): no frame
+        # here is known to be mip360's, only the lock and the manifest of a render that died at once
+        known = set(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else set()
 
-        def frame(rel: Path, suffixes: tuple[str, ...]) -> bool:  # a render.json without names: an earlier mip360
-            return rel.suffix in suffixes and (known is None or rel.stem in known)
+        def frame(rel: Path, suffixes: tuple[str, ...]) -> bool:
+            return rel.suffix in suffixes and rel.stem in known
 
         def owned(rel: Path) -> bool:
             target = temp_target(rel.name)
             if target is not None:
                 rel = rel.with_name(target)
             if len(rel.parts) == 1:
-                return rel.name in (MANIFEST, LOCK, *VIDEOS)
+                return rel.name in (MANIFEST, LOCK, *(VIDEOS if manifest else ()))
             if len(rel.parts) == 2 and rel.parts[0] == "rgb":
                 return frame(rel, (".png",))
             return len(rel.parts) == 2 and rel.parts[0] == "depth" and frame(rel, (".npy", ".png"))
@@ -219,9 +219,14 @@ class RenderFolder:
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} is a file, not a folder", hint="give a folder for the frames")
         if self.path.is_dir():
-            owned = self.owned(self.read_manifest())
-            refuse_foreign(self.path, [f for f in files_below(self.path) if not owned(f)],
-                           "mip360 never deletes or overwrites them",
+            manifest = self.read_manifest()
+            owned = self.owned(manifest)
+            foreign = [f for f in files_below(self.path) if not owned(f)]
+            if foreign and manifest and "names" not in manifest:
+                raise UserError(f"{self.path} was rendered by an earlier mip360, which did not record the names of "
+                                "the files it wrote: mip360 does not delete them",
+                                hint="render into another folder (--out), or delete its frames and videos yourself")
+            refuse_foreign(self.path, foreign, "mip360 never deletes or overwrites them",
                            hint="render into another folder (--out), or move those files away")
 
     def prepare(self, key: dict, names: list[str], overwrite: bool) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path, PurePath
 import torch
 
 from ..core.errors import UserError
-from ..core.files import GIB, atomic_path, check_regular_file
+from ..core.files import GIB, atomic_path, check_regular_file, temp_target
 
 PATTERN = re.compile(r"step_(\d+)\.pt$")
 
@@ -40,7 +40,7 @@ def remove_checkpoints(run: Path) -> int:
 def remove_leftovers(run: Path) -> list[Path]:
     """Delete the temporary files of checkpoint writes that a killed process left; return them."""
     d = checkpoint_dir(run)
-    found = sorted(d.glob(".step_*partial*")) if d.is_dir() else []
+    found = sorted(p for p in d.iterdir() if PATTERN.search(temp_target(p.name) or "")) if d.is_dir() else []
     for p in found:
         p.unlink(missing_ok=True)
     return found

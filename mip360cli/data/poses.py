@@ -527,9 +527,9 @@ class ColmapWork:
 
     def __init__(self, path: Path, features: dict):
         self.path, self.db, self.record_path = path, path / "database.db", path / "record.json"
-        if path.exists() and not self.record_path.is_file():
-            refuse_foreign(path, files_below(path, 1000) or [path.name], "it is where mip360 keeps COLMAP's "
-                           "database", hint="move it away")
+        if path.exists() and not self.record_path.is_file():  # not made by mip360 (an empty folder is fine)
+            refuse_foreign(path, files_below(path, 1000) if path.is_dir() else [path.name],
+                           "it is where mip360 keeps COLMAP's database", hint="move it away")
         record = self._read()
         if record.get("features") != features:
             if self.db.exists():

@@ -215,6 +215,7 @@ def train(data: str | Path, run: str | Path, cfg: Config, restart: bool = False,
                 stack.enter_context(process_lock(run.lock, f"the run folder {run.path}"))
                 ckpt.remove_leftovers(run.path)
             trainer = Trainer(data, run, cfg, device, env, explicit, data_shards, [*standard_hooks(cfg), *hooks])
+            stack.callback(trainer.close)
             trainer.setup()
             trainer.resume(restart)
             return trainer.loop()
@@ -232,6 +233,11 @@ class Trainer:
         self.explicit, self.data_shards = explicit, data_shards
         self.hooks = list(hooks) if env.is_main else []
         self.start_step, self.nonfinite_total = 0, 0
+
+    def close(self) -> None:
+        """Close the cache (the run's files are written as they go)."""
+        if getattr(self, "cache", None) is not None:
+            self.cache.close()
 
     def setup(self) -> None:
         """The cache, this process's data shards, the model, the losses and the optimizer."""
@@ -344,7 +350,6 @@ class Trainer:
                 prefetch.close()
             for hook in self.hooks:
                 hook.close()
-            cache.close()
         return TrainSummary(self.run.path, self.step, self.start_step, self.last_psnr, self.val_psnr, self.rays_per_s,
                             self.nonfinite_total)
 

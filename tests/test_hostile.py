@@ -628,3 +628,61 @@ def test_damaged_checkpoints_are_a_result_or_one_message(small_run, tmp_path, ca
     code, _, err = run(["train", small_run.parent / "c.h5", "--run", run_dir, "--config", "tiny",
                         "train.max_steps=4", "train.batch_rays=64", "train.val_every=0"], capsys)
     assert code in (0, 1) and "internal error" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("what, edit", [
+    ("no cameras", lambda m: m.pop("cameras")),
+    ("an empty list", lambda m: m.__setitem__("cameras", [])),
+    ("a string K", lambda m: m["cameras"][0].__setitem__("K", "fx fy cx cy")),
+    ("a split naming camera 500", lambda m: m.__setitem__("test", [500])),
+])
+def test_a_damaged_cameras_json_is_one_message(small_run, tmp_path, capsys, what, edit):
+    import json
+
+    run_dir = _copy_run(small_run, tmp_path / "run")
+    meta = json.loads((run_dir / "cameras.json").read_text())
+    edit(meta)
+    (run_dir / "cameras.json").write_text(json.dumps(meta))
+    code, _, err = run(["eval", run_dir, "--device", "cpu"], capsys)
+    assert code == 1 and "cameras.json" in err and "internal error" not in err, (what, err)
+
+
+def test_upgrade_converts_only_what_still_is_a_checkpoint(tmp_path, capsys):
+    """A trusted pickle that converts to plain data but is no mip360 checkpoint is refused, not written."""
+    import torch
+
+    path = tmp_path / "other.pt"
+    torch.save({"weights": np.zeros(3), "epoch": np.int64(4), "when": Path("/x")}, path)  # another tool's
+    before = path.read_bytes()
+    code, _, err = run(["checkpoint", "upgrade", path, "--trust"], capsys)
+    assert code == 1 and "not one mip360 wrote" in err and "'model'" in err, err
+    assert path.read_bytes() == before
+
+
+def test_a_full_disk_under_example_or_export_is_one_message(trained_example, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_bytes", full)
+        code, _, err = run(["example", tmp_path / "e", "--size", "16x12", "--images", "4"], capsys)
+    assert code == 1 and "disk is full" in err and "internal error" not in err, err
+    with monkeypatch.context() as m:
+        m.setattr(np, "savez", full)
+        out = tmp_path / "p.ply"
+        code, _, err = run(["export", trained_example["run"], "--out", out, "--device", "cpu"], capsys)
+    assert code == 1 and "disk is full" in err and not out.exists(), err
+    assert not (tmp_path / ".p.ply.views").exists()  # the scratch folder is removed
+
+
+def test_the_temp_files_of_a_render_killed_while_writing_videos_are_removed(trained_example, tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["render", trained_example["run"], "--frames", "2", "--out", out, "--device", "cpu"]
+    assert run(args, capsys)[0] == 0
+    left = [out / ".rgb_depth.mp4.k1ll3dxx.partial.mp4", out / "depth" / ".00000.png.abcdefgh.partial"]
+    for p in left:
+        p.write_bytes(b"half")
+    assert run(args, capsys)[0] == 0
+    assert not any(p.exists() for p in left)

@@ -151,8 +151,8 @@ def check_step_fits(cfg: Config, device: torch.device, shards: int) -> None:
     fits = max(0, int((available_bytes(device) * 0.9 - fixed) // per_ray)) * shards
     require(fixed + per_ray * per_shard, device, f"a training step of {per_shard:,} rays per process with this "
             f"model ({parameter_count(m):,} parameters)",
-            hint=f"lower train.batch_rays (about {fits:,} would fit" + (")" if fits else "; even the model alone "
-                 "does not: lower model.nerf.width or depth)") + ", or train on a larger device")
+            hint=(f"lower train.batch_rays (about {fits:,} would fit), or train on a larger device" if fits else
+                  "the model alone does not fit: lower model.nerf.width or depth, or train on a larger device"))
 
 
 def render_validation_view(model, cache: RayCache, run: RunFolder, step: int, chunk: int | str,

@@ -10,7 +10,7 @@ For notebooks, benchmark harnesses (nerfbaselines) and pipelines that start from
     out = run.render(cams.c2w[0], cams.K[0], int(cams.width[0]), int(cams.height[0]))
     out["rgb"]                                     # (H, W, 3) float32 in [0, 1]
     out["depth"]                                   # (H, W) float32 z-depth in the input data's units
-    run.evaluate()                                 # the held-out scores, as `mip360 eval` (RUN/eval/)
+    run.evaluate()                                 # the held-out scores and their record, as `mip360 eval`
     run.export_points(points=200_000)              # a PLY, as `mip360 export` (RUN/export/points.ply)
 
 Cameras are given as in the input data: camera-to-world (3, 4) with OpenCV axes (x right, y down,
@@ -109,8 +109,9 @@ class Run:
         return result
 
     def evaluate(self, split: str = "test", ratio: float | None = None) -> dict:
-        """PSNR and SSIM of the ``split`` views at ``ratio`` (default: the training ratio), as ``mip360 eval``:
-        also written to RUN/eval/. Returns ``{"mean": {"psnr", "ssim"}, "per_image": [...], ...}``."""
+        """PSNR, SSIM and LPIPS (where it can) of the ``split`` views at ``ratio`` (default: the training ratio),
+        as ``mip360 eval``, also written to RUN/eval/. Returns ``{"mean": {"psnr", "ssim", "lpips"},
+        "per_image": [...], "protocol": {how they were made}, ...}``."""
         if split not in ("test", "train"):
             raise UserError(f"evaluate: split must be test or train, got {split!r}")
         return evaluate(self.loaded, split, ratio)

@@ -312,12 +312,17 @@ def eval_cmd(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file (default: latest)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
 ) -> None:
-    """Score the held-out views: PSNR and SSIM per image and their mean (RUN/eval/)."""
+    """Score the held-out views: PSNR, SSIM and LPIPS per image and their mean, and how they were made (RUN/eval/).
+
+    By default renders are rounded to 8 bits and LPIPS uses AlexNet, as the published tables; the
+    record says whether the scores compare with the Mip-NeRF 360 protocol, and if not, why.
+    """
     from rich.console import Console
     from rich.table import Table
 
     from .config import parse_render_args
     from .eval.evaluate import evaluate
+    from .eval.report import protocol_lines
     from .runs.load import load_run
 
     if split not in (None, "test", "train"):
@@ -326,14 +331,55 @@ def eval_cmd(
     loaded = load_run(run, checkpoint, device, args.render)
     split = split or loaded.cfg.eval.split
     result = evaluate(loaded, split, args.ratio)
+    lpips = result["mean"]["lpips"] is not None
     table = Table(title=f"{run} · step {result['step']} · {split} · ratio {result['ratio']}")
-    for col in ("view", "PSNR (dB)", "SSIM"):
+    for col in ("view", "PSNR (dB)", "SSIM", *(["LPIPS"] if lpips else [])):
         table.add_column(col, justify="right" if col != "view" else "left")
-    for r in result["per_image"]:
-        table.add_row(r["name"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}")
-    table.add_row("[bold]mean", f"[bold]{result['mean']['psnr']:.2f}", f"[bold]{result['mean']['ssim']:.4f}")
+    for r in [*result["per_image"], {**result["mean"], "name": "[bold]mean"}]:
+        table.add_row(r["name"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", *([f"{r['lpips']:.4f}"] if lpips else []))
     Console().print(table)  # the scores are the command's output: stdout
+    for line in protocol_lines(result):
+        typer.echo(line)
     typer.echo(f"wrote {loaded.folder.eval / 'metrics.json'}, per_image.csv and images/")
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: List[Path] = typer.Argument(..., help="Run folders, each scored by `mip360 eval`."),
+    out: Path = typer.Option(Path("mip360-compare"), "--out", "-o", help="Folder for the image strips."),
+    views: int = typer.Option(3, "--views", help="Strips of the held-out views where the runs differ most "
+                                                 "(0: none)."),
+    csv: bool = typer.Option(False, "--csv", help="Print the table as CSV."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the table as Markdown."),
+    mixed: bool = typer.Option(False, "--mixed", help="Show runs scored differently (other images, float "
+                                                      "scoring, other views or ratio) side by side, flagged."),
+) -> None:
+    """Runs side by side: mean PSNR / SSIM / LPIPS, steps, training time, rays/s, model size, and image strips
+    (photo | each run | each run's error) of the views where they differ most.
+
+    Runs scored under different protocols are refused unless --mixed.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .eval.compare import COLUMNS, cell, compare, table_text
+
+    if not 0 <= views <= 1000 or (csv and markdown):
+        raise UserError("--views must be from 0 to 1000, and --csv and --markdown go one at a time")
+    rows, diffs, strips = compare(runs, out, views, mixed)
+    if csv or markdown:
+        typer.echo(table_text(rows, "csv" if csv else "markdown"), nl=False)
+    else:
+        table = Table()
+        for col in COLUMNS:
+            table.add_column(col, justify="left" if col == "run" else "right")
+        for r in rows:
+            table.add_row(*(cell(c, r[c]) for c in COLUMNS))
+        Console().print(table)
+    if diffs:
+        console.print(f"[yellow]scored differently:[/yellow] {', '.join(diffs)} (shown because of --mixed)")
+    for p in strips:
+        console.print(f"strip      {p}")
 
 
 @app.command("view")
@@ -438,7 +484,8 @@ def demo_cmd(
     typer.echo(f"scene      {r.scene}")
     typer.echo(f"run        {r.run} ({r.steps} steps)")
     typer.echo(f"video      {r.video}")
-    typer.echo(f"eval       {r.run / 'eval'}  PSNR {r.psnr:.2f} dB, SSIM {r.ssim:.4f}")
+    typer.echo(f"eval       {r.run / 'eval'}  PSNR {r.psnr:.2f} dB, SSIM {r.ssim:.4f}"
+               + (f", LPIPS {r.lpips:.4f}" if r.lpips is not None else ""))
 
 
 checkpoint_app = typer.Typer(help="Checkpoints: convert one written by an earlier version or another tool.",

@@ -178,9 +178,16 @@ class RenderConfig:
 
 @dataclass
 class EvalConfig:
-    """Scoring held-out views."""
+    """Scoring held-out views (docs/algorithm.md §8)."""
 
     split: Literal["test", "train"] = "test"
+    quantize: bool = True
+    """Round renders to 8 bits before scoring, as the published numbers are (multinerf's eval)."""
+    lpips: Literal["auto", True, False] = "auto"
+    """LPIPS: auto = when the lpips package and the backbone's weights are there (said once otherwise);
+    true = an error without them."""
+    lpips_net: Literal["alex", "vgg"] = "alex"
+    """The LPIPS backbone: alex (the paper's tables) or vgg."""
 
 
 @dataclass

@@ -44,6 +44,7 @@ class DemoResult:
     video: Path
     psnr: float
     ssim: float
+    lpips: float | None
 
 
 def run_demo(opts: DemoOptions) -> DemoResult:
@@ -69,7 +70,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     console.print("[bold]5/5[/bold] scores on the held-out views")
     result = evaluate(loaded, "test", None)
     return DemoResult(scene, run, summary.step, rendered["out"] / "rgb_depth.mp4", result["mean"]["psnr"],
-                      result["mean"]["ssim"])
+                      result["mean"]["ssim"], result["mean"]["lpips"])
 
 
 def _example_scene(scene: Path, opts: DemoOptions) -> bool:

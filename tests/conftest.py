@@ -24,6 +24,41 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
+def seeded_backbone(torch_home: Path, net: str = "alex") -> Path:
+    """A torchvision backbone file (the architecture LPIPS uses, seeded weights) where torchvision looks for
+    the downloaded one: LPIPS then loads for real without a network."""
+    import torch
+
+    from mip360cli.eval.lpips import WEIGHTS
+
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(7)
+    model = tv.models.alexnet(weights=None) if net == "alex" else tv.models.vgg16(weights=None)
+    path = torch_home / "hub" / "checkpoints" / WEIGHTS[net]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_lpips(tmp_path_factory):
+    """Every test (and the processes it starts) scores LPIPS with a seeded AlexNet, never downloading one."""
+    import os
+
+    home = tmp_path_factory.mktemp("torch_home")
+    try:
+        seeded_backbone(home)
+    except pytest.skip.Exception:  # no torchvision: eval says LPIPS is not scored
+        pass
+    old = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def scenes(tmp_path_factory) -> dict[str, Path]:
     """The same example scene in all four formats (read-only: copy before changing)."""

@@ -41,6 +41,8 @@ class Scene:
     test: np.ndarray
     format: str
     camera_files: tuple[Path, ...]
+    image_source: dict | None = None
+    """How the cached images were made (:func:`image_source`); None when the images were not checked."""
 
     def describe(self, root: Path) -> str:
         """``colmap (sparse/0/images.bin; images in images_4/)``: what was read, for the user."""
@@ -82,21 +84,46 @@ def load_scene(folder: str | Path, data: DataConfig, check_images: bool = True) 
     c2w, transform = normalize_cameras(cams, frames_file)
     source_w, source_h = cams.width.copy(), cams.height.copy()
     cams = cams.replace(c2w=c2w).scaled(data.ratio)
+    source_info = None
     if check_images:
         width, height = cams.width.copy(), cams.height.copy()
+        as_is = np.zeros(len(cams), bool)
+        read = []
         for i in range(len(cams)):
             actual = image_size(cams.image_paths[i])
+            read.append(actual)
             if check_image_size(cams.image_paths[i], actual, (int(source_w[i]), int(source_h[i])), data.ratio,
                                 source):
-                # Already downscaled (images_N): keep its exact size, a pixel off the rounded one at most,
-                # instead of resampling it by a pixel.
+                # Already downscaled (images_N), or full size at ratio 1: used as they are. An images_N file
+                # keeps its exact size, a pixel off the rounded one at most, instead of being resampled by a pixel.
                 width[i], height[i] = actual
+                as_is[i] = True
         cams = cams.replace(width=width, height=height)
+        source_info = image_source(folder, cams, as_is, read)
     train, test = split_indices(len(cams), data.test_every)
     if len(train) == 0:
         raise UserError(f"{folder}: no training images left ({len(cams)} images, test_every={data.test_every})",
                         hint="use more images, a smaller frame_interval, or test_every=0")
-    return Scene(cams, source_w, source_h, transform, train, test, fmt, tuple(files))
+    return Scene(cams, source_w, source_h, transform, train, test, fmt, tuple(files), source_info)
+
+
+def image_source(folder: Path, cams: Cameras, as_is: np.ndarray, read: list[tuple[int, int]]) -> dict:
+    """How the images the cache holds were made, for the record of a score (``metrics.json``).
+
+    ``folders``: where the image files are, relative to the dataset; ``as_is``: how many were used as
+    they are (a shipped ``images_N``, or the full size at ratio 1); ``resized``: how many were resized
+    (with ``filter``); ``read`` and ``used``: the first image's size on disk and in the cache.
+    """
+    def rel(p: Path) -> str:
+        try:
+            return str(Path(p).parent.resolve().relative_to(Path(folder).resolve()))
+        except ValueError:
+            return str(Path(p).parent)
+
+    n_resized = int((~as_is).sum())
+    return {"folders": sorted({rel(p) for p in cams.image_paths}), "as_is": int(as_is.sum()), "resized": n_resized,
+            "filter": "cv2.INTER_AREA" if n_resized else None, "read": list(read[0]) if read else None,
+            "used": [int(cams.width[0]), int(cams.height[0])] if len(cams) else None}
 
 
 def normalize_cameras(cams: Cameras, source: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 from pathlib import Path
 
 import cv2
@@ -13,7 +10,6 @@ import numpy as np
 
 from ..config import config_hash
 from ..core.errors import UserError
-from ..core.files import atomic_write_text
 from ..core.progress import info, progress_bar
 from ..data.cache import RayCache
 from ..data.images import read_image, resize_area
@@ -21,16 +17,18 @@ from ..runs.writers import to_uint8, write_png
 from ..runs.load import LoadedRun
 from ..runs.views import render_image
 from . import metrics
+from .lpips import load_lpips
+from .report import SSIM, comparable, write_report
 
 
-def ground_truth(loaded: LoadedRun, stored: np.ndarray | None, index: int, width: int, height: int) -> np.ndarray:
-    """The photo of camera ``index`` at (width, height), float64 in [0, 1].
-
-    ``stored`` is the held-out photo kept in the ray cache (at the cache's size), or None;
-    otherwise the original photo is read and resized.
+def ground_truth(loaded: LoadedRun, stored: np.ndarray | None, index: int, width: int, height: int
+                 ) -> tuple[np.ndarray, str, list[int] | None]:
+    """The photo of camera ``index`` at (width, height), float64 in [0, 1]; where it came from: ``cache`` (the
+    held-out photo kept in the ray cache, ``stored``), ``as is`` or ``resized`` (the original photo read
+    again, resized when its size differs); and the size it was read at (None from the cache).
     """
     if stored is not None and stored.shape[:2] == (height, width):
-        return stored / 255.0
+        return stored / 255.0, "cache", None
     path = loaded.cameras.image_paths[index]
     if str(path) in ("", ".") or not Path(path).is_file():
         raise UserError(f"the photo of view '{loaded.cameras.names[index]}' is not available ({path})",
@@ -42,15 +40,23 @@ def ground_truth(loaded: LoadedRun, stored: np.ndarray | None, index: int, width
         raise UserError(f"the photo of view '{loaded.cameras.names[index]}' ({path}) is {photo.shape[1]}x"
                         f"{photo.shape[0]}, smaller than the {width}x{height} asked for",
                         hint="evaluate at the training ratio or below, or train from the full-size images")
-    return resize_area(photo, width, height) / 255.0
+    resized = photo.shape[:2] != (height, width)
+    return (resize_area(photo, width, height) / 255.0, "resized" if resized else "as is",
+            [photo.shape[1], photo.shape[0]])
 
 
 def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | None = None) -> dict:
-    """Render the split's views, score them (PSNR, SSIM), write RUN/eval/ (metrics.json, per_image.csv, images)."""
+    """Render the split's views, score them (PSNR, SSIM, LPIPS where it can), write RUN/eval/ (metrics.json with
+    the record of how the scores were made, per_image.csv, images/) and return the result.
+
+    With ``eval.quantize`` (the default) renders are rounded to 8 bits first, as the published numbers are.
+    """
+    ec = loaded.cfg.eval
     out = out or loaded.folder.eval
     views = loaded.views(split, ratio)
     idx = loaded.test if split == "test" else loaded.train
-    rows = []
+    scorer, lpips_line = load_lpips(ec.lpips, ec.lpips_net, loaded.device, min(min(v.width, v.height) for v in views))
+    rows, sources, read_sizes = [], set(), []
     use_cache = split == "test" and loaded.cache_path is not None and loaded.cache_path.exists()
     with contextlib.ExitStack() as stack, progress_bar("evaluating", len(views), "views") as bar:
         cache = stack.enter_context(RayCache(loaded.cache_path)) if use_cache else None  # opened once
@@ -61,26 +67,54 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
             cache = None
         for k, (v, i) in enumerate(zip(views, idx)):
             img = render_image(loaded.model, v.K, v.c2w, v.dist, v.width, v.height, loaded.cfg.render.chunk_rays,
-                               loaded.device)
-            rgb = np.clip(img["rgb"], 0, 1).astype(np.float64)
-            gt = ground_truth(loaded, cache.test_image(k) if cache else None, int(i), v.width, v.height)
-            rows.append({"name": loaded.cameras.names[i], "psnr": metrics.psnr(rgb, gt), "ssim": metrics.ssim(rgb, gt)})
-            err = np.abs(rgb - gt).mean(-1)
-            heat = cv2.cvtColor(cv2.applyColorMap(to_uint8(np.clip(err * 4, 0, 1)), cv2.COLORMAP_INFERNO),
-                                cv2.COLOR_BGR2RGB)
-            write_png(out / "images" / f"{Path(rows[-1]['name']).stem}.png",
-                      np.concatenate([to_uint8(gt), to_uint8(rgb), heat], 1))
+                               loaded.device, depth=False)
+            rgb = metrics.quantize(img["rgb"]) if ec.quantize else np.clip(img["rgb"], 0, 1).astype(np.float64)
+            gt, source, read = ground_truth(loaded, cache.test_image(k) if cache else None, int(i), v.width,
+                                            v.height)
+            sources.add(source)
+            read_sizes.append(read)
+            row = {"name": loaded.cameras.names[i], "psnr": metrics.psnr(rgb, gt), "ssim": metrics.ssim(rgb, gt)}
+            if scorer is not None:
+                row["lpips"] = scorer(rgb, gt)
+            rows.append(row)
+            _write_panel(out / "images" / f"{Path(row['name']).stem}.png", gt, rgb)
             bar.advance()
-    result = {
-        "split": split, "ratio": ratio or loaded.cfg.data.ratio, "step": loaded.step,
-        "config_hash": config_hash(loaded.cfg), "views": len(rows),
-        "mean": {"psnr": float(np.mean([r["psnr"] for r in rows])), "ssim": float(np.mean([r["ssim"] for r in rows]))},
-        "per_image": rows,
-    }
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["name", "psnr", "ssim"])
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "per_image.csv", buf.getvalue())
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")}
+    mean["lpips"] = float(np.mean([r["lpips"] for r in rows])) if scorer is not None else None
+    result = {"split": split, "ratio": ratio or loaded.cfg.data.ratio, "step": loaded.step,
+              "config_hash": config_hash(loaded.cfg), "views": len(rows), "mean": mean, "per_image": rows}
+    used = [views[0].width, views[0].height]
+    result["protocol"] = _protocol(loaded, split, result, sources, (read_sizes[0], used), lpips_line, scorer)
+    write_report(out, result)
     return result
+
+
+def _write_panel(path: Path, gt: np.ndarray, rgb: np.ndarray) -> None:
+    """photo | render | error (inferno, 4x the mean absolute error) as one PNG."""
+    err = np.abs(rgb - gt).mean(-1)
+    heat = cv2.cvtColor(cv2.applyColorMap(to_uint8(np.clip(err * 4, 0, 1)), cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+    write_png(path, np.concatenate([to_uint8(gt), to_uint8(rgb), heat], 1))
+
+
+def _protocol(loaded: LoadedRun, split: str, result: dict, sources: set[str], sizes: tuple, lpips_line: str,
+              scorer) -> dict:
+    """How the scores were made (see :mod:`.report`). ``sizes``: the first photo's size as read (None from the
+    cache) and as scored."""
+    data = loaded.cfg.data
+    recorded = dict(loaded.image_source or {})
+    if sources == {"cache"}:  # the held-out photos the cache holds, made as its record says
+        source = "unknown" if not recorded else ("shipped" if recorded.get("resized") == 0 else "resized")
+        images = {**recorded, "source": source}
+    else:  # read again from the photos (another ratio, or the cache is gone or was rebuilt)
+        resized = "resized" in sources
+        images = {"source": "resized" if resized else "shipped", "folders": recorded.get("folders", []),
+                  "filter": "cv2.INTER_AREA" if resized else None, "read": sizes[0], "used": sizes[1]}
+    protocol = {
+        "images": images, "quantize": loaded.cfg.eval.quantize,
+        "split": {"name": split, "test_every": data.test_every, "frame_interval": data.frame_interval},
+        "held_out": [r["name"] for r in result["per_image"]], "ratio": result["ratio"],
+        "ssim": SSIM, "lpips": lpips_line, "lpips_net": loaded.cfg.eval.lpips_net if scorer is not None else None,
+        "checkpoint_step": loaded.step, "steps_trained": loaded.step, "train_seconds": loaded.train_seconds,
+    }
+    protocol["comparable"] = comparable(protocol)
+    return protocol

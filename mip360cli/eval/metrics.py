@@ -1,4 +1,4 @@
-"""PSNR and SSIM exactly as docs/algorithm.md §8 (multinerf's definitions). Pure functions."""
+"""PSNR, SSIM and 8-bit quantization exactly as docs/algorithm.md §8 (multinerf's definitions). Pure functions."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ def psnr(img: np.ndarray, gt: np.ndarray) -> float:
     """``-10 log10(MSE)`` of images in [0, 1] (any shape)."""
     mse = float(np.mean((np.asarray(img, np.float64) - np.asarray(gt, np.float64)) ** 2))
     return float("inf") if mse == 0 else -10 * math.log10(mse)
+
+
+def quantize(img: np.ndarray) -> np.ndarray:
+    """An image in [0, 1] rounded to 8 bits, as a PNG of it holds: float64 in [0, 1].
+
+    Example:
+        >>> quantize(np.array([0.0, 0.3, 0.5, 1.2])).round(6).tolist()
+        [0.0, 0.298039, 0.501961, 1.0]
+    """
+    return np.round(np.clip(np.asarray(img, np.float64), 0, 1) * 255) / 255
 
 
 def gaussian_filter(size: int = 11, sigma: float = 1.5) -> np.ndarray:

@@ -9,7 +9,8 @@ reader are here; the reader checks every field, since the file may come from any
      "convention": "OpenCV axes (x right, y down, z forward), camera-to-world, normalized scene",
      "transform_input_to_normalized": 4x4,
      "train": [camera indices], "test": [camera indices],
-     "cameras": [{"name", "K": 3x3, "c2w": 3x4, "width", "height", "dist": 5, "image_path"}, ...]}
+     "cameras": [{"name", "K": 3x3, "c2w": 3x4, "width", "height", "dist": 5, "image_path"}, ...],
+     "image_source": {"folders", "as_is", "resized", "filter", "read", "used"} (how the images were made)}
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ class RunCameras:
     train: np.ndarray
     test: np.ndarray
     cache: Path | None
+    image_source: dict | None = None
+    """How the cache's images were made (``data.scene.image_source``); None when not recorded."""
 
 
 def write_cameras_json(path: Path, cameras: Cameras, train: np.ndarray, test: np.ndarray, transform: np.ndarray,
-                       cache: Path) -> None:
+                       cache: Path, image_source: dict | None = None) -> None:
     """Write cameras.json atomically."""
     atomic_write_text(path, json.dumps({
         "cache": str(Path(cache).resolve()),
+        "image_source": image_source,
         "convention": CONVENTION,
         "transform_input_to_normalized": np.asarray(transform).tolist(),
         "train": np.asarray(train).tolist(), "test": np.asarray(test).tolist(),
@@ -96,7 +100,9 @@ def read_cameras_json(path: Path, run: Path) -> RunCameras:
     cache = meta.get("cache")
     if cache is not None and not isinstance(cache, str):
         raise bad("'cache' must be a path")
-    return RunCameras(cameras, transform, split["train"], split["test"], Path(cache) if cache else None)
+    source = meta.get("image_source")
+    return RunCameras(cameras, transform, split["train"], split["test"], Path(cache) if cache else None,
+                      source if isinstance(source, dict) else None)
 
 
 class _Bad:

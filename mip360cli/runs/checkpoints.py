@@ -157,12 +157,16 @@ def check_state(state, path: Path, resumable: bool = False) -> None:
     step = state.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise bad(f"'step' must be a whole number >= 0, got {step!r}")
-    fields = {"optimizer": dict, "rng": dict, "config": dict, "cache_fingerprint": str, "nonfinite_total": int}
+    fields = {"optimizer": dict, "rng": dict, "config": dict, "cache_fingerprint": str, "nonfinite_total": int,
+              "train_seconds": (int, float)}
     for key, kind in fields.items():
         if key in state and (not isinstance(state[key], kind) or isinstance(state[key], bool)):
-            raise bad(f"'{key}' must be a {kind.__name__}, got {type(state[key]).__name__}")
-        if resumable and key not in state and key != "nonfinite_total":
+            raise bad(f"'{key}' must be of type {getattr(kind, '__name__', 'number')}, got "
+                      f"{type(state[key]).__name__}")
+        if resumable and key not in state and key not in ("nonfinite_total", "train_seconds"):
             raise bad(f"it has no '{key}' to resume training from")
+    if not (0 <= state.get("train_seconds", 0) < float("inf")):
+        raise bad(f"'train_seconds' must be a finite number >= 0, got {state['train_seconds']!r}")
     rng = state.get("rng", {}).get("torch") if isinstance(state.get("rng"), dict) else None
     if "rng" in state and not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.dim() == 1):
         raise bad("'rng' must hold the generator state as a 1-D uint8 tensor ('torch')")

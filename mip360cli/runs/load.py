@@ -57,6 +57,10 @@ class LoadedRun:
     cache_fingerprint: str | None = None
     """The fingerprint of the cache the checkpoint was trained on (its held-out photos are only valid then)."""
     checkpoint: Path | None = None
+    image_source: dict | None = None
+    """How the training images were made (cameras.json; ``data.scene.image_source``), None when not recorded."""
+    train_seconds: float | None = None
+    """Training time up to the checkpoint (all processes' wall time, resumes summed); None for older runs."""
 
     @property
     def folder(self) -> RunFolder:
@@ -107,4 +111,5 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torc
     model.eval()
     meta = read_cameras_json(folder.cameras, folder.path)
     return LoadedRun(folder.path, cfg, model, int(state["step"]), meta.cameras, meta.transform, meta.train, meta.test,
-                     meta.cache, device, state.get("cache_fingerprint"), Path(checkpoint))
+                     meta.cache, device, state.get("cache_fingerprint"), Path(checkpoint), meta.image_source,
+                     state.get("train_seconds"))

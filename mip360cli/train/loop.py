@@ -233,6 +233,7 @@ class Trainer:
         self.explicit, self.data_shards = explicit, data_shards
         self.hooks = list(hooks) if env.is_main else []
         self.start_step, self.nonfinite_total = 0, 0
+        self.seconds_before = 0.0  # training time of the run before this process (its checkpoint's)
 
     def close(self) -> None:
         """Close the cache (the run's files are written as they go)."""
@@ -281,7 +282,7 @@ class Trainer:
         if env.is_main:
             save_config(self.cfg, run.config)
             write_cameras_json(run.cameras, self.cache.cameras, self.cache.train, self.cache.test,
-                               self.cache.transform, self.cache.path)
+                               self.cache.transform, self.cache.path, self.cache.image_source)
 
     def _load(self, step: int, path: Path) -> None:
         """Model, optimizer, RNG and counters of a checkpoint, once its config and cache are checked."""
@@ -312,6 +313,7 @@ class Trainer:
                                hint="it is damaged or from another run: delete it to resume from the one "
                                     "before, or start over with --restart") from None
         self.start_step, self.nonfinite_total = state["step"], state.get("nonfinite_total", 0)
+        self.seconds_before = float(state.get("train_seconds", 0.0))
         if self.env.is_main:
             info(f"resuming {self.run.path} from step {self.start_step} ({path.name})")
 
@@ -333,6 +335,7 @@ class Trainer:
         self.step, self.last_psnr, self.val_psnr, self.rays_per_s = self.start_step, float("nan"), None, 0.0
         self.window = (time.perf_counter(), 0)  # start and steps of the rays/s window
         self.saved_at = self.flushed_at = self.start_step
+        self.started = time.perf_counter()
         context = TrainContext(self.run, self.cfg, self.model, self.device, cache.cameras, cache.train,
                                cache.transform, self.start_step)
         prefetch = None
@@ -436,6 +439,7 @@ class Trainer:
                 "rng": {"torch": torch.get_rng_state()}, "config": self.resolved,
                 "config_hash": config_hash(self.cfg), "cache_fingerprint": self.fingerprint,
                 "nonfinite_total": self.nonfinite_total,
+                "train_seconds": self.seconds_before + time.perf_counter() - self.started,
                 "reader": self.reader_position if not self.env.enabled else self.reader_position[0],
             }, self.cfg.train.keep_checkpoints)
             for hook in self.hooks:

@@ -23,6 +23,15 @@ from .format import CACHE_VERSION, READABLE_VERSIONS, crc32, decode_ids, index_c
 REBUILD = "rebuild it: mip360 preprocess DATA --force"
 
 
+def _json_dict(text) -> dict | None:
+    """An attribute holding a JSON object, or None (absent, damaged, not an object): for records only."""
+    try:
+        value = json.loads(text) if text is not None else None
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class RayCache:
     """Read access to a ray cache (cameras, buckets of rays, held-out images).
 
@@ -66,6 +75,8 @@ class RayCache:
         if not isinstance(self.options, dict):
             raise self.damaged("its options are not a JSON object")
         self.format = str(a["format"])
+        self.image_source = _json_dict(a.get("image_source"))
+        """How its images were made (``data.scene.image_source``), None when not recorded."""
         g = self.file["rays"]
         self.ray_offsets = g["ray_offsets"][:].astype(np.int64)
         self.bucket_offsets = g["bucket_offsets"][:].astype(np.int64)

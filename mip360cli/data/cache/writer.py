@@ -207,7 +207,8 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
     try:
         with h5py.File(tmp, "w") as f:
             f.attrs.update(version=CACHE_VERSION, mip360_version=__version__, format=scene.format,
-                           options=json.dumps(options), n_rays=n_rays, n_buckets=n_buckets, complete=False)
+                           options=json.dumps(options), n_rays=n_rays, n_buckets=n_buckets, complete=False,
+                           image_source=json.dumps(scene.image_source))
             for record, camera_file in zip(records, scene.camera_files):  # images: hashed as they are decoded
                 record[3] = file_hash(Path(camera_file))
             _write_cameras(f, scene)

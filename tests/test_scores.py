@@ -175,3 +175,17 @@ def test_compare_sets_runs_side_by_side_and_refuses_mixed_protocols(datasets, tm
     shutil.rmtree(c / "eval")
     code, _, err = run(["compare", a, c], capsys)
     assert code == 1 and "has no scores" in err and "mip360 eval" in err
+
+
+def test_without_the_lpips_package_eval_says_how_to_install_it(monkeypatch, capsys):
+    import sys
+
+    from mip360cli.core.errors import UserError
+    from mip360cli.eval.lpips import load_lpips
+
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import fails as if not installed
+    scorer, line = load_lpips("auto", "alex", torch.device("cpu"))
+    assert scorer is None and 'the lpips package is not installed (pip install "mip360cli[lpips]"' in line
+    assert "LPIPS not scored" in capsys.readouterr().err
+    with pytest.raises(UserError, match="lpips package is not installed"):
+        load_lpips(True, "alex", torch.device("cpu"))

@@ -80,9 +80,9 @@ def load_lpips(setting: str | bool, net: str, device: torch.device, side: int | 
         import lpips  # noqa: F401
         import torchvision  # noqa: F401
     except ImportError as e:
-        why = (f"not scored: the lpips package needs torchvision ({e.name} is not installed); "
-               'pip install "mip360cli[lpips]"')
-        return _missing(setting, why)
+        missing = "the lpips package is" if e.name == "lpips" else f"{e.name}, which the lpips package needs, is"
+        return _missing(setting, f'not scored: {missing} not installed (pip install "mip360cli[lpips]", with the '
+                                 "torchvision that matches your torch)")
     try:
         with _quick_network():
             scorer = Lpips(net, device)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import load_config
 from ..core.errors import UserError
-from ..core.files import atomic_write_text, files_below, refuse_foreign
+from ..core.files import MIB, atomic_write_text, files_below, read_json_bounded, refuse_foreign
 from ..data.images import read_image
 from ..model.model import parameter_count
 from ..runs.folder import RunFolder
@@ -126,9 +126,11 @@ def _check_out(out: Path) -> None:
         raise UserError(f"--out {out} is a file, not a folder")
     if not out.is_dir():
         return
+    manifest = out / MANIFEST
     try:
-        known = set(json.loads((out / MANIFEST).read_text()).get("strips", [])) | {MANIFEST}
-    except (OSError, ValueError, AttributeError, TypeError):
+        listed = read_json_bounded(manifest, "compare's record", MIB).get("strips", []) if manifest.exists() else []
+        known = {str(n) for n in listed} | {MANIFEST} if manifest.exists() else set()
+    except (UserError, AttributeError, TypeError):
         known = set()
     refuse_foreign(out, [f for f in files_below(out) if str(f) not in known], "the strips of compare go into a new "
                    "folder or one of an earlier compare", hint="choose another --out")

@@ -52,6 +52,8 @@ class RunScores:
 def load_scores(run: Path) -> RunScores:
     """A run's scores (checked), its median logged rays/s and its model's size."""
     folder = RunFolder(run)
+    if not folder.config.is_file():
+        raise UserError(f"{run} is not a mip360 run (no config.yaml)", hint="give run folders made by mip360 train")
     report = read_report(run)
     rates = [r["rays_per_s"] for r in read_metrics(folder.metrics, warn_broken=False)
              if isinstance(r.get("rays_per_s"), (int, float)) and r["rays_per_s"] > 0]

@@ -181,8 +181,8 @@ def check_regular_file(path: str | os.PathLike, what: str, limit: int | None = N
         raise UserError(f"{what} {path}{link} is not a regular file (a device, a pipe or a socket)",
                         hint="give the file itself; mip360 reads only regular files")
     if limit is not None and st.st_size > limit:
-        raise UserError(f"{what} {path} is {_size(st.st_size)}, more than any real one (at most {_size(limit)})",
-                        hint="check that the path names the right file")
+        raise UserError(f"{what} {path} is {format_bytes(st.st_size)}, more than any real one (at most "
+                        f"{format_bytes(limit)})", hint="check that the path names the right file")
     return st
 
 
@@ -196,7 +196,8 @@ def read_bytes_bounded(path: str | os.PathLike, what: str, limit: int) -> bytes:
     except OSError as e:
         raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
     if len(data) > limit:  # it grew since the stat
-        raise UserError(f"{what} {path} is more than {_size(limit)}", hint="check that the path names the right file")
+        raise UserError(f"{what} {path} is more than {format_bytes(limit)}",
+                        hint="check that the path names the right file")
     return data
 
 
@@ -223,11 +224,12 @@ def read_json_bounded(path: str | os.PathLike, what: str, limit: int = 256 * MIB
         raise UserError(f"{path}: {what} is nested too deeply to be real JSON data") from None
 
 
-def _size(n: int) -> str:
+def format_bytes(n: float) -> str:
+    """``1.5 GiB``, ``12.0 MiB``, ``300 bytes``."""
     for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
         if n >= scale:
             return f"{n / scale:,.1f} {unit}"
-    return f"{n} bytes"
+    return f"{n:.0f} bytes"
 
 
 # ----------------------------------------------------------------------------- what mip360 wrote

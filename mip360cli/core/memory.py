@@ -8,8 +8,7 @@ import os
 import torch
 
 from .errors import UserError
-
-GIB = 1 << 30
+from .files import format_bytes
 
 
 def available_bytes(device: torch.device) -> int:
@@ -36,8 +35,5 @@ def require(need: float, device: torch.device, what: str, hint: str) -> None:
     have = available_bytes(device)
     if need > have:
         where = "free on the GPU" if device.type == "cuda" else "available on this machine"
-        raise UserError(f"{what} needs about {_gib(need)} of memory, more than the {_gib(have)} {where}", hint=hint)
-
-
-def _gib(n: float) -> str:
-    return f"{n / GIB:,.1f} GiB" if n >= GIB / 10 else f"{n / (1 << 20):,.0f} MiB"
+        raise UserError(f"{what} needs about {format_bytes(need)} of memory, more than the {format_bytes(have)} "
+                        f"{where}", hint=hint)

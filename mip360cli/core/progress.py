@@ -24,6 +24,20 @@ def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
+def format_duration(seconds: float, estimate: bool = False) -> str:
+    """``42 s``, ``12.5 min``, ``9.10 h``; an ``estimate`` with a digit less (``12 min``, ``9.1 h``).
+
+    Example:
+        >>> format_duration(30), format_duration(750), format_duration(32760), format_duration(7906, estimate=True)
+        ('30 s', '12.5 min', '9.10 h', '2.2 h')
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.{0 if estimate else 1}f} min"
+    return f"{seconds / 3600:.{1 if estimate else 2}f} h"
+
+
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         unit = task.fields.get("unit", "it")
@@ -68,13 +82,22 @@ class _Bar:
             self.progress.update(self.task_id, advance=n, status=status)
 
 
+class _Quiet:
+    def advance(self, n: int = 1, status: str | None = None) -> None:
+        pass
+
+
 @contextmanager
 def progress_bar(description: str, total: int, unit: str = "it", completed: int = 0,
-                 interval: float = 5.0) -> Iterator[_Bar | _Plain]:
+                 interval: float = 5.0, quiet: bool = False) -> Iterator[_Bar | _Plain | _Quiet]:
     """Yield an object with ``advance(n, status="")``; shows rate (``unit``/s), ETA and the status text.
 
-    On a terminal: a rich bar. Elsewhere: a plain line at most every ``interval`` seconds.
+    On a terminal: a rich bar. Elsewhere: a plain line at most every ``interval`` seconds. ``quiet``:
+    nothing (work too short to show).
     """
+    if quiet:
+        yield _Quiet()
+        return
     if not console.is_terminal:
         plain = _Plain(description, total, unit, interval)
         plain.done = plain.start_done = completed

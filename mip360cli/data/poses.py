@@ -35,7 +35,7 @@ import numpy as np
 
 from ..core.errors import Interrupted, UserError
 from ..core.files import MIB, atomic_write_text, files_below, read_json_bounded, refuse_foreign
-from ..core.progress import info, progress_bar, warn
+from ..core.progress import format_duration, info, progress_bar, warn
 from .images import IMAGE_EXTENSIONS, file_orientation, list_images, read_image
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mts", ".3gp")
@@ -360,7 +360,7 @@ def _run_stage(name: str, kwargs: dict, description: str, total: int, unit: str,
     ctx = mp.get_context("spawn")
     counter, errors, elapsed = ctx.Value("l", 0), ctx.Queue(), ctx.Value("d", 0.0)
     child = ctx.Process(target=_stage, args=(name, kwargs, counter, errors, elapsed), daemon=True)
-    with (progress_bar(description, total, unit) if show else contextlib.nullcontext(_Silent())) as bar:
+    with progress_bar(description, total, unit, quiet=not show) as bar:
         child.start()
         done = 0
         try:
@@ -383,10 +383,6 @@ def _run_stage(name: str, kwargs: dict, description: str, total: int, unit: str,
                         hint="run again with --debug for details; a crash here is COLMAP's, please report it")
     return elapsed.value
 
-
-class _Silent:
-    def advance(self, n: int = 1, status: str | None = None) -> None:
-        pass
 
 
 def compute_poses(source: str | Path, out: str | Path | None = None, opts: PosesOptions | None = None
@@ -607,7 +603,7 @@ def choose_matcher(n: int, ordered: bool, is_video: bool, seconds_per_pair: floa
     matches sequentially.
     """
     exhaustive, sequential = n * (n - 1) // 2, len(sequential_pairs(n, overlap))
-    cost = lambda pairs: _duration(pairs * seconds_per_pair)  # noqa: E731
+    cost = lambda pairs: format_duration(pairs * seconds_per_pair, estimate=True)  # noqa: E731
     lines = [f"exhaustive matching: {exhaustive:,} pairs, about {cost(exhaustive)}",
              f"sequential matching ({overlap} neighbours, loop closure): {sequential:,} pairs, about "
              f"{cost(sequential)}" + ("" if ordered else " (the names do not follow the capture)")]
@@ -621,14 +617,6 @@ def choose_matcher(n: int, ordered: bool, is_video: bool, seconds_per_pair: floa
                          "or fewer features with a lower --max-size")
         return "exhaustive", lines
     return "sequential", lines + ["(--matcher exhaustive to match every pair)"]
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _plan_matching(work: ColmapWork, names: list[str], is_video: bool, opts: PosesOptions, common: dict

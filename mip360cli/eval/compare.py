@@ -21,12 +21,13 @@ import numpy as np
 from ..config import load_config
 from ..core.errors import UserError
 from ..core.files import MIB, atomic_write_text, files_below, read_json_bounded, refuse_foreign
+from ..core.progress import format_duration
 from ..data.images import read_image
 from ..model.model import parameter_count
 from ..runs.folder import RunFolder
 from ..runs.metrics_log import read_metrics
 from ..runs.writers import write_png
-from .report import SAME, duration, read_report
+from .report import SAME, read_report
 
 COLUMNS = ("run", "views", "PSNR", "SSIM", "LPIPS", "steps", "training time", "rays/s", "parameters")
 MANIFEST = "compare.json"
@@ -160,7 +161,7 @@ def cell(column: str, value) -> str:
     if column in ("SSIM", "LPIPS"):
         return f"{value:.4f}"
     if column == "training time":
-        return duration(value)
+        return format_duration(value)
     if column in ("rays/s", "parameters", "steps"):
         return f"{value:,.0f}"
     return str(value)

@@ -56,7 +56,7 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
     views = loaded.views(split, ratio)
     idx = loaded.test if split == "test" else loaded.train
     scorer, lpips_line = load_lpips(ec.lpips, ec.lpips_net, loaded.device, min(min(v.width, v.height) for v in views))
-    rows, sources, read_sizes = [], set(), []
+    rows, sources, first_read = [], set(), None
     use_cache = split == "test" and loaded.cache_path is not None and loaded.cache_path.exists()
     with contextlib.ExitStack() as stack, progress_bar("evaluating", len(views), "views") as bar:
         cache = stack.enter_context(RayCache(loaded.cache_path)) if use_cache else None  # opened once
@@ -72,7 +72,7 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
             gt, source, read = ground_truth(loaded, cache.test_image(k) if cache else None, int(i), v.width,
                                             v.height)
             sources.add(source)
-            read_sizes.append(read)
+            first_read = read if k == 0 else first_read
             row = {"name": loaded.cameras.names[i], "psnr": metrics.psnr(rgb, gt), "ssim": metrics.ssim(rgb, gt)}
             if scorer is not None:
                 row["lpips"] = scorer(rgb, gt)
@@ -84,7 +84,7 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
     result = {"split": split, "ratio": ratio or loaded.cfg.data.ratio, "step": loaded.step,
               "config_hash": config_hash(loaded.cfg), "views": len(rows), "mean": mean, "per_image": rows}
     used = [views[0].width, views[0].height]
-    result["protocol"] = _protocol(loaded, split, result, sources, (read_sizes[0], used), lpips_line, scorer)
+    result["protocol"] = _protocol(loaded, split, result, sources, (first_read, used), lpips_line, scorer)
     write_report(out, result)
     return result
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from ..core.files import MIB, atomic_write_text, read_json_bounded
+from ..core.progress import format_duration
 
 SSIM = "11x11 Gaussian window, sigma 1.5, k1 0.01, k2 0.03, 'valid', per channel, mean"
 PROTOCOL = ("the Mip-NeRF 360 protocol: the shipped images_4 (outdoor) or images_2 (indoor) read as they are, "
@@ -91,13 +92,6 @@ def _number_or_none(value) -> bool:
                              (math.isfinite(value) or value == math.inf))
 
 
-def duration(seconds: float) -> str:
-    """``42 s``, ``12.5 min``, ``9.10 h``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.2f} h"
-
-
 def protocol_lines(result: dict) -> list[str]:
     """The record printed under the table."""
     p = result["protocol"]
@@ -106,7 +100,7 @@ def protocol_lines(result: dict) -> list[str]:
               "resized": f"resized from {images.get('read')} to {images.get('used')} with {images.get('filter')}",
               }.get(images.get("source"), "not recorded (a cache of an earlier mip360)")
     seconds = p.get("train_seconds")
-    trained = f"{p['steps_trained']:,} steps" + (f", {duration(seconds)} of training" if seconds else "")
+    trained = f"{p['steps_trained']:,} steps" + (f", {format_duration(seconds)} of training" if seconds else "")
     return [
         f"images     {source}",
         f"scoring    {'8-bit renders' if p['quantize'] else 'float renders'}; SSIM {p['ssim']}",

@@ -29,7 +29,7 @@ from .data.cameras import Cameras, transform_poses
 from .eval.evaluate import evaluate
 from .export.points import ExportSummary, PointOptions, export_points
 from .runs.load import LoadedRun, load_run
-from .runs.views import render_image
+from .runs.views import MAX_SIDE, render_image
 
 DEPTHS = ("median", "mean", None)
 
@@ -94,8 +94,8 @@ class Run:
         if depth not in DEPTHS or space not in ("input", "normalized"):
             raise UserError(f"render: depth must be median, mean or None and space input or normalized, "
                             f"got {depth!r} and {space!r}")
-        if not (1 <= int(width) <= 16384 and 1 <= int(height) <= 16384):
-            raise UserError(f"render: the image size must be from 1x1 to 16384x16384, got {width}x{height}")
+        if not (1 <= int(width) <= MAX_SIDE and 1 <= int(height) <= MAX_SIDE):
+            raise UserError(f"render: the image size must be from 1x1 to {MAX_SIDE}x{MAX_SIDE}, got {width}x{height}")
         pose = c2w[:3]
         if space == "input":
             pose = transform_poses(self.loaded.transform, pose[None])[0]

@@ -21,11 +21,10 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.files import MIB, atomic_write_text, read_json_bounded
 from ..data.cameras import OPENGL_TO_OPENCV, intrinsics_from_fov, transform_poses
+from .views import MAX_SIDE
 
 FORMATS = ("nerfstudio", "mip360")
 LIMIT = 256 * MIB
-MAX_SIDE = 16384
-"""The largest image side a camera path may ask for (16K video)."""
 
 
 def camera_path_json(frames: list[tuple[np.ndarray, float]], width: int, height: int, fps: float,

@@ -14,6 +14,10 @@ from ..core.memory import require
 from ..model.model import Mip360, chunk_rays, render_rays
 
 
+MAX_SIDE = 16384
+"""The largest image side mip360 renders (16K video): camera paths, the viewer and the Python API."""
+
+
 @dataclass
 class View:
     """A camera to render: (3, 3) K, (3, 4) c2w (normalized scene, OpenCV axes), (5,) distortion or None."""

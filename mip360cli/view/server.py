@@ -16,6 +16,7 @@ from ..core.errors import UserError
 from ..core.progress import info, warn
 from ..data.cameras import fov_from_focal
 from ..runs.hooks import TrainContext, TrainHook
+from ..runs.views import MAX_SIDE
 from .core import MODES, CameraPath, ViewCamera, ViewerCore, camera_from_viser, viser_pose
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -359,8 +360,8 @@ class Viewer:
 
 def check_view_options(host: str, port: int, budget_ms: int, max_res: int, chunk: int | None) -> None:
     """``mip360 view``'s options, before a run is loaded."""
-    if not (1 <= budget_ms <= 60_000 and 16 <= max_res <= 16384 and (chunk is None or 1 <= chunk <= 1 << 20)):
-        raise UserError(f"--budget-ms must be from 1 to 60000 (got {budget_ms}), --max-res from 16 to 16384 "
+    if not (1 <= budget_ms <= 60_000 and 16 <= max_res <= MAX_SIDE and (chunk is None or 1 <= chunk <= 1 << 20)):
+        raise UserError(f"--budget-ms must be from 1 to 60000 (got {budget_ms}), --max-res from 16 to {MAX_SIDE} "
                         f"(got {max_res}) and --chunk from 1 to {1 << 20} (got {chunk})")
     check_address(host, port)
 

@@ -85,6 +85,10 @@ class EncodingConfig:
     """Point frequencies 2^0 .. 2^(n-1)."""
     view_max_freq: int = 4
     """View-direction frequencies 2^0 .. 2^(n-1)."""
+    integrated: bool = False
+    """The paper's integrated positional encoding (anti-aliasing): each sample is a conical frustum of the
+    pixel's cone, as a Gaussian contracted by linearization, and each frequency is damped by the Gaussian's
+    variance (docs/algorithm.md §4). Off: the encoding of the interval's midpoint."""
 
 
 @dataclass
@@ -111,12 +115,23 @@ class NerfConfig:
 
 
 @dataclass
+class AppearanceConfig:
+    """Per-image appearance (exposure, white balance) learned beside the scene."""
+
+    dim: int = 0
+    """Size of each training image's latent code, fed to the colour branch (0 = off; multinerf's glo
+    configs use 4). Renders use the mean code, or ``render --appearance NAME``; eval the nearest
+    training camera's."""
+
+
+@dataclass
 class ModelConfig:
     """Fields and sampling (docs/algorithm.md §3-5)."""
 
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     prop: ProposalConfig = field(default_factory=ProposalConfig)
     nerf: NerfConfig = field(default_factory=NerfConfig)
+    appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
     dilation_bias: float = 0.0025
     dilation_multiplier: float = 0.5
     anneal_slope: float = 10.0
@@ -161,6 +176,13 @@ class TrainConfig:
     recompute_proposal: bool = True
     """Recompute the proposal MLP's activations in backward instead of keeping them: about a third
     less activation memory for a few percent more time."""
+    refine_cameras: bool = False
+    """Learn a correction (rotation and translation, in each camera's frame) of every training camera's
+    pose with the scene; render, eval and export use the refined cameras. Held-out cameras keep their
+    poses (as nerfacto's)."""
+    camera_lr_init: float = 6e-4
+    """Learning rate of the camera corrections (decayed log-linearly to ``camera_lr_final``)."""
+    camera_lr_final: float = 6e-6
     compile: Literal["auto", True, False] = "auto"
     """torch.compile the model's forward (sampling, MLPs, compositing) and the losses; auto = on CUDA
     (faster there; slower to start by a minute or two), off on the CPU (where it is slower)."""
@@ -622,6 +644,9 @@ def check_ranges(cfg: Config) -> None:
         (m.dilation_bias >= 0 and m.dilation_multiplier >= 0, "model.dilation_bias and dilation_multiplier must "
          "be >= 0", (m.dilation_bias, m.dilation_multiplier)),
         (cfg.train.grad_max_norm >= 0, "train.grad_max_norm must be >= 0 (0 = no clipping)", cfg.train.grad_max_norm),
+        (0 <= m.appearance.dim <= 1024, "model.appearance.dim must be from 0 (off) to 1024", m.appearance.dim),
+        (cfg.train.camera_lr_init > 0 and cfg.train.camera_lr_final > 0,
+         "train.camera_lr_init and camera_lr_final must be > 0", (cfg.train.camera_lr_init, cfg.train.camera_lr_final)),
     ]
     for ok, message, value in checks:
         if not ok:

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import EncodingConfig, NerfConfig, ProposalConfig
+from .gaussians import integrated_pos_enc, project_gaussians
 from .linear import Linear
 
 
@@ -86,10 +87,20 @@ class PointEncoding(nn.Module):
             self.true_dim = 3 + 3 * 2 * self.n_freqs
         self.dim = padded(self.true_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., 3) contracted points -> (..., dim), the last ``dim - true_dim`` features zero."""
-        enc = pos_enc(x @ self.basis, self.n_freqs, append_identity=False) if self.basis is not None \
-            else pos_enc(x, self.n_freqs)
+    def forward(self, x: torch.Tensor, cov: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., 3) contracted points -> (..., dim), the last ``dim - true_dim`` features zero.
+
+        ``cov``: (..., 3, 3) covariances of contracted Gaussians around ``x``: the integrated encoding
+        (each frequency damped by the variance along its direction); None: the points' encoding.
+        """
+        if cov is not None:
+            mean, var = project_gaussians(x, cov, self.basis)
+            enc = integrated_pos_enc(mean, var, self.n_freqs)
+            enc = enc if self.basis is not None else torch.cat([x, enc], -1)
+        elif self.basis is not None:
+            enc = pos_enc(x @ self.basis, self.n_freqs, append_identity=False)
+        else:
+            enc = pos_enc(x, self.n_freqs)
         return F.pad(enc, (0, self.dim - self.true_dim))
 
 
@@ -180,21 +191,22 @@ class ProposalMLP(nn.Module):
         self.trunk = Trunk(self.encoding.dim, cfg.width, cfg.depth, true_in=self.encoding.true_dim)
         self.density = _linear(cfg.width, ALIGN, used_out=1)  # output 0; the others are padding
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., 3) contracted points -> (...) density."""
+    def forward(self, x: torch.Tensor, cov: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., 3) contracted points (and (..., 3, 3) covariances, integrated encoding) -> (...) density."""
         # the head's activation in fp32 whatever the matmuls ran in (docs/algorithm.md §4)
-        return density_activation(self.density(self.trunk(self.encoding(x)))[..., 0].float())
+        return density_activation(self.density(self.trunk(self.encoding(x, cov)))[..., 0].float())
 
 
 class NerfMLP(nn.Module):
     """The NeRF MLP: density and view-dependent color.
 
     ``head`` computes the 256-wide bottleneck and the density in one matmul
-    (density = output ``bottleneck``); the view branch's direction part is
-    computed once per ray and broadcast over the ray's samples.
+    (density = output ``bottleneck``); the view branch's direction part (and the
+    appearance code's, with ``appearance_dim``) is computed once per ray and
+    broadcast over the ray's samples.
     """
 
-    def __init__(self, enc: EncodingConfig, cfg: NerfConfig):
+    def __init__(self, enc: EncodingConfig, cfg: NerfConfig, appearance_dim: int = 0):
         super().__init__()
         self.encoding = PointEncoding(enc)
         self.view_freqs = enc.view_max_freq
@@ -202,17 +214,26 @@ class NerfMLP(nn.Module):
         true_view = 3 + 3 * 2 * self.view_freqs
         self.trunk = Trunk(self.encoding.dim, cfg.width, cfg.depth, cfg.skip, true_in=self.encoding.true_dim)
         self.head = _linear(cfg.width, cfg.bottleneck + ALIGN, used_out=cfg.bottleneck + 1)
-        fan_in = cfg.bottleneck + true_view
+        fan_in = cfg.bottleneck + true_view + appearance_dim
         self.view_b = _linear(cfg.bottleneck, cfg.view_width, fan_in=fan_in)
         self.view_d = _linear(padded(true_view), cfg.view_width, fan_in=fan_in, used_in=true_view, bias=False)
+        # the appearance code joins the view branch's input (multinerf's glo): one more part of that layer
+        self.view_a = _linear(appearance_dim, cfg.view_width, fan_in=fan_in, bias=False) if appearance_dim else None
         self.rgb = _linear(cfg.view_width, ALIGN, used_out=3)
 
-    def forward(self, x: torch.Tensor, viewdirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (R, n, 3) contracted points, viewdirs (R, 3) -> density (R, n), rgb (R, n, 3)."""
-        out = self.head(self.trunk(self.encoding(x)))
+    def forward(self, x: torch.Tensor, viewdirs: torch.Tensor, cov: torch.Tensor | None = None,
+                code: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (R, n, 3) contracted points, viewdirs (R, 3) -> density (R, n), rgb (R, n, 3).
+
+        cov: (R, n, 3, 3) covariances for the integrated encoding, or None; code: the appearance code of
+        each ray (R, A) or of all (A,), when the MLP has ``appearance_dim`` A.
+        """
+        out = self.head(self.trunk(self.encoding(x, cov)))
         b = self.bottleneck_width
         density = density_activation(out[..., b].float())  # activations in fp32: 1.002 is 1.0 in bf16
         per_ray = self.view_d(view_encoding(viewdirs, self.view_freqs))  # (R, view_width), once per ray
+        if self.view_a is not None:
+            per_ray = per_ray + self.view_a(code if code.dim() == 2 else code[None])
         h = F.relu(self.view_b(out[..., :b]) + per_ray[:, None, :])
         return density, color_activation(self.rgb(h)[..., :3].float())
 

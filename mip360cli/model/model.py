@@ -10,8 +10,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import DataConfig, ModelConfig
-from . import coord, render, stepfun
+from . import coord, gaussians, render, stepfun
 from .fields import NerfMLP, PointEncoding, ProposalMLP, convert_unaligned_state
+from .per_image import PerImage
 
 
 @dataclass
@@ -67,14 +68,17 @@ class Mip360(nn.Module):
     Args:
         cfg: the ``model`` config section.
         near, far: ray bounds in normalized scene units (``data.near``, ``data.far``).
+        n_images: training images, for what is learned per image (appearance codes, pose corrections).
+        refine_poses: learn a pose correction per training image (``train.refine_cameras``).
     """
 
-    def __init__(self, cfg: ModelConfig, near: float, far: float):
+    def __init__(self, cfg: ModelConfig, near: float, far: float, n_images: int = 0, refine_poses: bool = False):
         super().__init__()
         self.cfg, self.near, self.far = cfg, near, far
         self.samples = [*cfg.prop.samples, cfg.nerf.samples]
         self.proposal = ProposalMLP(cfg.encoding, cfg.prop)
-        self.nerf = NerfMLP(cfg.encoding, cfg.nerf)
+        self.nerf = NerfMLP(cfg.encoding, cfg.nerf, cfg.appearance.dim)
+        self.images = PerImage(n_images, cfg.appearance.dim, refine_poses)
         self.mlp_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 for autocast on CUDA
         self.compiled = False
         # Recompute the proposal MLP's activations in backward instead of keeping them (train.recompute_proposal):
@@ -92,8 +96,24 @@ class Mip360(nn.Module):
         self.compiled = True
 
     @classmethod
-    def from_config(cls, model: ModelConfig, data: DataConfig) -> "Mip360":
-        return cls(model, data.near, data.far)
+    def from_config(cls, model: ModelConfig, data: DataConfig, n_images: int = 0,
+                    refine_poses: bool = False) -> "Mip360":
+        return cls(model, data.near, data.far, n_images, refine_poses)
+
+    @property
+    def integrated(self) -> bool:
+        """Whether samples are encoded as integrated Gaussians (the rays need their ``radii``)."""
+        return self.cfg.encoding.integrated
+
+    def appearance_code(self, rows: torch.Tensor | None = None, code: torch.Tensor | None = None
+                        ) -> torch.Tensor | None:
+        """The appearance code to render with: the training rows' (R,) codes, a given ``code`` (A,) or
+        (R, A), or else the mean of the training images'; None for a model without appearance codes."""
+        if self.images.codes is None:
+            return None
+        if rows is not None:
+            return self.images.code(rows)
+        return code.to(self.images.codes.device, torch.float32) if code is not None else self.images.mean_code()
 
     def n_levels(self) -> int:
         return len(self.samples)
@@ -104,7 +124,9 @@ class Mip360(nn.Module):
         return torch.autocast(device.type, dtype=self.mlp_dtype)
 
     def forward(self, origins: torch.Tensor, directions: torch.Tensor, viewdirs: torch.Tensor,
-                train_frac: float | torch.Tensor = 1.0, jitter: torch.Tensor | None = None) -> list[Level]:
+                train_frac: float | torch.Tensor = 1.0, jitter: torch.Tensor | None = None,
+                radii: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                code: torch.Tensor | None = None) -> list[Level]:
         """Render a batch of rays through every level.
 
         Args:
@@ -113,10 +135,17 @@ class Mip360(nn.Module):
                 training, so that a compiled forward does not recompile as it changes.
             jitter: None for deterministic sampling, else (R, n_levels) uniform
                 [0, 1) numbers: one offset per ray and level (single jitter).
+            radii: (R,) pixel cone radius at distance 1 along ``directions``
+                (:func:`~mip360cli.model.gaussians.pixel_radii`); needed with the integrated encoding.
+            rows: (R,) training row of each ray's image (its appearance code), or None;
+            code: the appearance code (A,) or (R, A) to use when ``rows`` is None (default: the mean).
         Returns:
             one :class:`Level` per level; the last holds the NeRF color.
         """
         cfg = self.cfg
+        if self.integrated and radii is None:
+            raise ValueError("the integrated encoding needs the rays' radii")
+        code = self.appearance_code(rows, code)
         n_rays = origins.shape[0]
         s = torch.tensor([0.0, 1.0], device=origins.device).expand(n_rays, 2)
         w = torch.ones(n_rays, 1, device=origins.device)
@@ -130,16 +159,19 @@ class Mip360(nn.Module):
             s = stepfun.sample_intervals(s, logits, n, None if jitter is None else jitter[:, i:i + 1],
                                          domain=(0.0, 1.0)).detach()
             t = coord.s_to_t(s, self.near, self.far)
-            tmid = (t[..., 1:] + t[..., :-1]) / 2
-            x = coord.contract(origins[:, None, :] + directions[:, None, :] * tmid[..., None])
+            if self.integrated:
+                x, cov = gaussians.contract_gaussians(*gaussians.frustum_gaussians(origins, directions, radii, t))
+            else:
+                tmid = (t[..., 1:] + t[..., :-1]) / 2
+                x, cov = coord.contract(origins[:, None, :] + directions[:, None, :] * tmid[..., None]), None
             last = i == len(self.samples) - 1
             with self._autocast(origins.device):
                 if last:
-                    density, rgb = self.nerf(x, viewdirs)
+                    density, rgb = self.nerf(x, viewdirs, cov, code)
                 elif self.recompute_proposal and torch.is_grad_enabled():
-                    density, rgb = checkpoint(self.proposal, x, use_reentrant=False), None
+                    density, rgb = checkpoint(self.proposal, x, cov, use_reentrant=False), None
                 else:
-                    density, rgb = self.proposal(x), None
+                    density, rgb = self.proposal(x, cov), None
             density = density.float()
             w = render.alpha_weights(density, t, directions, cfg.opaque_background)
             color = render.composite(w, rgb.float()) if last else None
@@ -193,12 +225,15 @@ def chunk_rays(setting: int | str, model: Mip360, device: torch.device) -> int:
 
 
 def render_rays(model: Mip360, origins: torch.Tensor, directions: torch.Tensor, viewdirs: torch.Tensor,
-                chunk: int | str, depth: bool = True, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+                chunk: int | str, depth: bool = True, pad_to: int | None = None, radii: torch.Tensor | None = None,
+                code: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Render rays deterministically in chunks (memory bounded by ``chunk``), without gradients.
 
     Args:
         origins, directions, viewdirs: (R, 3).
         chunk: rays at once, or ``auto`` (:func:`chunk_rays`).
+        radii: (R,) pixel cone radii (needed by a model with the integrated encoding).
+        code: the appearance code (A,) for all rays (default: the mean of the training images').
         pad_to: pad a shorter chunk to this many rays (repeating its last ray), so that every
             call has one shape: a compiled model compiles once. Default: min(chunk, R) when the
             model is compiled (one shape per image size), else no padding.
@@ -210,13 +245,16 @@ def render_rays(model: Mip360, origins: torch.Tensor, directions: torch.Tensor, 
     if pad_to is None:
         pad_to = min(chunk, n) if getattr(model, "compiled", False) else 0
     out: dict[str, list[torch.Tensor]] = {"rgb": [], "acc": [], "mean_depth": [], "median_depth": []}
+    if radii is None and model.integrated:
+        raise ValueError("the integrated encoding needs the rays' radii")
+    per_ray = (origins, directions, viewdirs) if radii is None else (origins, directions, viewdirs, radii[:, None])
     with torch.inference_mode():
         for a in range(0, n, chunk):
-            rays = [x[a:a + chunk] for x in (origins, directions, viewdirs)]
+            rays = [x[a:a + chunk] for x in per_ray]
             real = rays[0].shape[0]
             if real < pad_to:
-                rays = [torch.cat([x, x[-1:].expand(pad_to - real, 3)]) for x in rays]
-            last = model(*rays)[-1]
+                rays = [torch.cat([x, x[-1:].expand(pad_to - real, x.shape[1])]) for x in rays]
+            last = model(*rays[:3], radii=rays[3][:, 0] if len(rays) > 3 else None, code=code)[-1]
             out["rgb"].append(last.rgb[:real])
             out["acc"].append(last.weights.sum(-1)[:real])
             if depth:

@@ -10,6 +10,7 @@ from pathlib import Path, PurePath
 
 import torch
 
+from ..config import Config, config_to_dict
 from ..core.errors import UserError
 from ..core.files import GIB, atomic_path, check_regular_file, temp_target
 
@@ -269,12 +270,17 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 # Keys whose change makes a checkpoint meaningless for the new run.
 BREAKING_PREFIXES = ("model.", "data.near", "data.far", "data.ratio", "data.frame_interval", "data.test_every",
-                     "data.format", "train.seed", "train.batch_rays")
+                     "data.format", "train.seed", "train.batch_rays", "train.refine_cameras")
 
 
 def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
-    """(breaking, harmless) dotted keys that differ between two config dicts."""
-    a, b = flatten(old), flatten(new)
+    """(breaking, harmless) dotted keys that differ between two config dicts.
+
+    A key the old config lacks (a checkpoint of an earlier version, before the option existed) counts as its
+    default: a run trained before ``model.appearance.dim`` existed resumes as a run with it off.
+    """
+    defaults = flatten(config_to_dict(Config()))
+    a, b = {**defaults, **flatten(old)}, flatten(new)
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     breaking = [k for k in changed if k.startswith(BREAKING_PREFIXES)]
     return breaking, [k for k in changed if k not in breaking]

@@ -19,19 +19,20 @@ from ..core.device import compile_enabled, mlp_dtype, resolve_device
 from ..core.errors import UserError
 from ..data.cameras import Cameras
 from ..model.model import Mip360, load_plain_state
+from ..model.per_image import correct_poses
 from . import checkpoints as ckpt
 from .cameras_file import read_cameras_json
 from .folder import RunFolder
 from .views import View, split_views
 
 
-def build_model(cfg: Config, device: torch.device) -> Mip360:
+def build_model(cfg: Config, device: torch.device, n_images: int = 0) -> Mip360:
     """The model of ``cfg`` on ``device``, in the precision and compiled state ``cfg.train`` asks for there.
 
-    Weights are freshly initialized (seeded by the caller); load a checkpoint with
-    :func:`~mip360cli.model.model.load_plain_state`.
+    ``n_images``: the run's training images (for appearance codes and pose corrections). Weights are freshly
+    initialized (seeded by the caller); load a checkpoint with :func:`~mip360cli.model.model.load_plain_state`.
     """
-    model = Mip360.from_config(cfg.model, cfg.data).to(device)
+    model = Mip360.from_config(cfg.model, cfg.data, n_images, cfg.train.refine_cameras).to(device)
     model.mlp_dtype = mlp_dtype(cfg.train.precision, device)
     model.recompute_proposal = cfg.train.recompute_proposal
     if compile_enabled(cfg.train.compile, device):  # in fixed-size chunks when rendering
@@ -81,6 +82,19 @@ class LoadedRun:
         return (ratio if ratio else self.cfg.data.ratio) / self.cfg.data.ratio
 
 
+def refined_cameras(model: Mip360, cameras: Cameras, train: np.ndarray) -> Cameras:
+    """``cameras`` with the model's pose corrections applied to its training cameras (``train.refine_cameras``);
+    as they are without corrections. Held-out cameras keep their poses."""
+    if model.images.pose_delta is None or len(train) == 0:
+        return cameras
+    with torch.no_grad():
+        c2w = torch.as_tensor(cameras.c2w[train], dtype=torch.float64)
+        corrected = correct_poses(c2w, model.images.pose_delta.detach().double().cpu()).numpy()
+    c2w = cameras.c2w.copy()
+    c2w[train] = corrected
+    return cameras.replace(c2w=c2w)
+
+
 def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torch.device | str | None = None,
              render: dict | None = None) -> LoadedRun:
     """Open the run folder ``run`` with its latest checkpoint (or ``checkpoint``) on ``device`` (default auto).
@@ -102,14 +116,15 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torc
         checkpoint = found[-1][1]
     state = ckpt.load_checkpoint(Path(checkpoint))
     device = resolve_device(device or "auto") if not isinstance(device, torch.device) else device
-    model = build_model(cfg, device)
+    meta = read_cameras_json(folder.cameras, folder.path)
+    model = build_model(cfg, device, len(meta.train))
     try:
         load_plain_state(model, state["model"])  # runs trained with train.compile=true too
     except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as e:
         raise UserError(f"checkpoint {checkpoint} does not fit the model of {folder.config}: "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     model.eval()
-    meta = read_cameras_json(folder.cameras, folder.path)
-    return LoadedRun(folder.path, cfg, model, int(state["step"]), meta.cameras, meta.transform, meta.train, meta.test,
+    return LoadedRun(folder.path, cfg, model, int(state["step"]), refined_cameras(model, meta.cameras, meta.train),
+                     meta.transform, meta.train, meta.test,
                      meta.cache, device, state.get("cache_fingerprint"), Path(checkpoint), meta.image_source,
                      state.get("train_seconds"))

@@ -11,6 +11,7 @@ import torch
 from ..core.errors import UserError
 from ..data.cameras import Cameras, image_rays
 from ..core.memory import require
+from ..model.gaussians import PIXEL_RADIUS
 from ..model.model import Mip360, chunk_rays, render_rays
 
 
@@ -30,16 +31,27 @@ class View:
     height: int
 
 
+def camera_rays(K: np.ndarray, c2w: np.ndarray, dist: np.ndarray | None, width: int, height: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One camera's rays row by row: origins, directions, viewdirs (H*W, 3) and radii (H*W,)
+    (:func:`~mip360cli.model.gaussians.pixel_radii`: the pixel's cone, for the integrated encoding)."""
+    o, d, vd = image_rays(K, c2w, dist, width, height, device)
+    return o, d, vd, torch.full((o.shape[0],), PIXEL_RADIUS / float(K[0, 0]), device=device)
+
+
 def render_image(model: Mip360, K: np.ndarray, c2w: np.ndarray, dist: np.ndarray | None, width: int, height: int,
-                 chunk: int | str, device: torch.device, depth: bool = True) -> dict[str, np.ndarray]:
+                 chunk: int | str, device: torch.device, depth: bool = True,
+                 code: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Render one camera: rgb (H, W, 3), acc, mean_depth, median_depth (H, W), float32 numpy, scene units.
 
     ``chunk``: rays at once, or ``auto`` (``render.chunk_rays``, see :func:`~mip360cli.model.model.chunk_rays`).
+    ``code``: the appearance code (A,) of a model with appearance codes (default: the training images' mean).
     """
     require(frame_bytes(model, width, height, chunk, device), device, f"rendering a {width}x{height} frame",
             hint="render a smaller image (--ratio, or the camera path's size) or fewer rays at once "
                  "(render.chunk_rays)")
-    out = render_rays(model, *image_rays(K, c2w, dist, width, height, device), chunk, depth=depth)
+    o, d, vd, radii = camera_rays(K, c2w, dist, width, height, device)
+    out = render_rays(model, o, d, vd, chunk, depth=depth, radii=radii, code=code)
     return {k: x.float().cpu().numpy().reshape(height, width, *x.shape[1:]) for k, x in out.items()}
 
 

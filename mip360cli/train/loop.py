@@ -31,7 +31,7 @@ from ..core.errors import Interrupted, UserError
 from ..core.files import ensure_writable_dir, process_lock
 from ..core.progress import info, progress_bar, warn
 from ..data.cache import RayCache, build_cache, default_cache_path, option_fields, stored_info
-from ..data.cameras import cameras_to_tensors, pixel_rays
+from ..data.cameras import cameras_to_tensors
 from ..model import losses
 from ..model.model import COMPILE_PREFIX, load_plain_state, parameter_count, plain_state_dict, training_bytes
 from ..runs import checkpoints as ckpt
@@ -43,8 +43,8 @@ from ..runs.views import render_image
 from ..runs.writers import depth_range, depth_to_color, to_uint8, write_png
 from .batches import Prefetcher, RayBatcher, too_few_buckets
 from .hooks import standard_hooks
-from .schedule import learning_rate
-from .step import DeviceStats, compute_losses, load_optimizer_state, make_optimizer, train_step
+from .step import (DeviceStats, RayStep, compute_losses, load_optimizer_state, make_optimizer, set_learning_rates,
+                   train_step)
 
 
 class CannotResume(UserError):
@@ -256,7 +256,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         if self.device.type == "cpu" and tc.precision == "bf16" and env.is_main:
             warn("train.precision=bf16 is ignored on the CPU: the MLPs run in fp32 there (bf16 is for CUDA)")
-        self.model = build_model(cfg, self.device)
+        self.model = build_model(cfg, self.device, len(self.cache.train))
         self.loss_fn = functools.partial(compute_losses, cfg=cfg)
         if self.model.compiled:
             self.loss_fn = torch.compile(self.loss_fn, dynamic=False)
@@ -324,10 +324,13 @@ class Trainer:
         for b in batchers:
             b.seek(self.start_step)
         self.reader_position: list[dict] = [b.position() for b in batchers]
-        self.tensors = cameras_to_tensors(cache.cameras, self.device)
-        self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                           else None) if self.env.enabled else self.model
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        train_index = torch.as_tensor(cache.train, dtype=torch.long, device=self.device)
+        step_module = RayStep(self.model, cameras_to_tensors(cache.cameras, self.device), train_index)
+        self.net = DistributedDataParallel(step_module, device_ids=[self.device.index] if self.device.type == "cuda"
+                                           else None) if self.env.enabled else step_module
+        poses = self.model.images.pose_delta
+        self.params = [p for p in self.model.parameters() if p.requires_grad and p is not poses]
+        self.unclipped = [poses] if poses is not None else []
         self.max_norm = tc.grad_max_norm if tc.grad_max_norm > 0 else float("inf")
         # What the loop needs to know of each step stays on the device and is read only every few steps
         # (flush): a read makes the host wait for the GPU, and the host must stay ahead of it.
@@ -358,16 +361,13 @@ class Trainer:
 
     def _train_one_step(self, prefetch: Prefetcher) -> None:
         tc, step = self.cfg.train, self.step
-        self.lr = learning_rate(step, tc.lr_init, tc.lr_final, tc.max_steps, tc.lr_delay_steps, tc.lr_delay_mult)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+        self.lr = set_learning_rates(self.optimizer, step, self.cfg)
         cam, u, v, rgb, self.reader_position = prefetch.next()
-        o, d, vd = pixel_rays(self.tensors["K"], self.tensors["c2w"], self.tensors["dist"], cam, u, v)
         gt = rgb.float() / 255.0
         jitter = jitter_for(tc.seed, step, self.shards, [self.per_shard] * len(self.shards), self.model.n_levels(),
                             self.device)
-        finite, terms = train_step(self.net, self.optimizer, self.loss_fn, self.params, self.max_norm, (o, d, vd), gt,
-                                   self.stats.step / tc.max_steps, jitter, self.env)
+        finite, terms = train_step(self.net, self.optimizer, self.loss_fn, self.params, self.max_norm, (cam, u, v), gt,
+                                   self.stats.step / tc.max_steps, jitter, self.env, self.unclipped)
         self.stats.record(finite, terms)
         for hook in self.hooks:
             hook.between_steps(step + 1)

@@ -6,11 +6,46 @@ Nothing here reads a value back from the device: the loop reads :class:`DeviceSt
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..config import Config
 from ..core import distributed
+from ..data.cameras import pixel_rays
 from ..model import losses
-from ..model.model import Level
+from ..model.gaussians import pixel_radii
+from ..model.model import Level, Mip360
+from .schedule import learning_rate
+
+
+class RayStep(nn.Module):
+    """What a training step runs (and DDP wraps): each ray from its camera and pixel, through the model's pose
+    correction of its camera (``train.refine_cameras``), then the model with the ray's pixel radius
+    (integrated encoding) and its image's appearance code.
+
+    Args:
+        model: the model; cameras: ``K``, ``c2w`` (N, 3, 4), ``dist`` tensors of all the cache's cameras
+            (:func:`~mip360cli.data.cameras.cameras_to_tensors`); train: (T,) the training cameras, in the
+            order of the model's per-image rows.
+    """
+
+    def __init__(self, model: Mip360, cameras: dict, train: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.K, self.c2w, self.dist = cameras["K"], cameras["c2w"], cameras["dist"]
+        self.train = train
+        self.row_of = torch.zeros(self.c2w.shape[0], dtype=torch.long, device=train.device)
+        self.row_of[train] = torch.arange(len(train), device=train.device)
+
+    def forward(self, cam: torch.Tensor, u: torch.Tensor, v: torch.Tensor, train_frac: torch.Tensor,
+                jitter: torch.Tensor) -> list[Level]:
+        """cam, u, v: (R,) camera and pixel of each ray -> the model's levels."""
+        model, c2w = self.model, self.c2w
+        if model.images.pose_delta is not None:
+            c2w = c2w.index_copy(0, self.train, model.images.corrected(c2w[self.train]))
+        o, d, vd = pixel_rays(self.K, c2w, self.dist, cam, u, v)
+        radii = pixel_radii(self.K, cam) if model.integrated else None
+        rows = self.row_of[cam] if model.images.codes is not None else None
+        return model(o, d, vd, train_frac=train_frac, jitter=jitter, radii=radii, rows=rows)
 
 
 class DeviceStats:
@@ -47,11 +82,29 @@ class DeviceStats:
         return int(values[0]), int(values[2]), values[3], values[4:]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Adam:
-    """Fused Adam (CPU and CUDA): it skips a step on the device when ``found_inf`` is set (no host sync)."""
+def make_optimizer(model: Mip360, cfg: Config) -> torch.optim.Adam:
+    """Fused Adam (CPU and CUDA): it skips a step on the device when ``found_inf`` is set (no host sync).
+
+    One parameter group for the scene (and the appearance codes); with ``train.refine_cameras`` a second,
+    ``cameras``, for the pose corrections, with their own learning rate (:func:`set_learning_rates`).
+    """
     tc = cfg.train
-    return torch.optim.Adam(model.parameters(), lr=tc.lr_init, betas=(tc.adam_beta1, tc.adam_beta2),
-                            eps=tc.adam_eps, fused=True)
+    poses = model.images.pose_delta
+    groups = [{"params": [p for p in model.parameters() if p is not poses], "name": "scene"}]
+    if poses is not None:
+        groups.append({"params": [poses], "name": "cameras", "lr": tc.camera_lr_init})
+    return torch.optim.Adam(groups, lr=tc.lr_init, betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
+                            fused=True)
+
+
+def set_learning_rates(optimizer: torch.optim.Adam, step: int, cfg: Config) -> float:
+    """Set each group's learning rate for ``step``; returns the scene's."""
+    tc = cfg.train
+    lr = learning_rate(step, tc.lr_init, tc.lr_final, tc.max_steps, tc.lr_delay_steps, tc.lr_delay_mult)
+    for group in optimizer.param_groups:
+        group["lr"] = (learning_rate(step, tc.camera_lr_init, tc.camera_lr_final, tc.max_steps)
+                       if group.get("name") == "cameras" else lr)
+    return lr
 
 
 def load_optimizer_state(optimizer: torch.optim.Adam, state: dict) -> None:
@@ -78,16 +131,19 @@ def compute_losses(levels: list[Level], gt: torch.Tensor, cfg: Config) -> dict[s
 
 
 def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, params: list[torch.Tensor],
-               max_norm: float, rays: tuple[torch.Tensor, torch.Tensor, torch.Tensor], gt: torch.Tensor,
+               max_norm: float, rays: tuple[torch.Tensor, ...], gt: torch.Tensor,
                train_frac: torch.Tensor, jitter: torch.Tensor,
-               env: distributed.DistEnv | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               env: distributed.DistEnv | None = None,
+               unclipped: list[torch.Tensor] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimization step, all on the device (no value is read back).
 
     Args:
-        net: the model (or its DDP wrapper); optimizer: a fused Adam (it skips the update on
-            the device when the step is not finite); loss_fn: ``levels, gt -> terms``.
-        rays: origins, directions, viewdirs (R, 3); gt: (R, 3) in [0, 1];
-        train_frac: 0-d tensor; jitter: (R, levels).
+        net: the model (or :class:`RayStep`, or their DDP wrapper); optimizer: a fused Adam (it skips the
+            update on the device when the step is not finite); loss_fn: ``levels, gt -> terms``.
+        params: the parameters whose gradients are clipped to ``max_norm`` (global norm);
+            unclipped: parameters whose gradients are only checked (the pose corrections).
+        rays: what ``net`` takes: origins, directions, viewdirs (R, 3) for the model; camera, u, v (R,)
+            for a RayStep. gt: (R, 3) in [0, 1]; train_frac: 0-d tensor; jitter: (R, levels).
     Returns:
         finite: 0-d float tensor, 1 when the step was applied (the same on every process);
         the loss terms (tensors).
@@ -97,6 +153,8 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, 
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if unclipped:
+        grad_norm = grad_norm + torch.nn.utils.clip_grad_norm_(unclipped, float("inf"))
     finite = (torch.isfinite(terms["loss"].detach()) & torch.isfinite(grad_norm)).float()
     if env is not None and env.enabled:  # every process skips the same steps
         distributed.all_min_(finite, env)

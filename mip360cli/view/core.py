@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from ..core.errors import UserError
-from ..data.cameras import image_rays, intrinsics_from_fov, quaternion_to_rotation, rotation_to_quaternion, slerp
+from ..data.cameras import intrinsics_from_fov, quaternion_to_rotation, rotation_to_quaternion, slerp
 from ..model.model import chunk_rays, load_plain_state, render_rays
 from ..runs import checkpoints as ckpt
 from ..runs.camera_paths import camera_path_json, save_path_file
+from ..runs.views import camera_rays
 from ..runs.writers import depth_range, depth_to_color, to_uint8
 
 MODES = ("rgb", "mean depth", "median depth")
@@ -90,7 +91,7 @@ class RenderJob:
                  mode: str = "rgb", tag: object = None):
         self.model, self.camera, self.width, self.height, self.chunk = model, camera, width, height, chunk
         self.device, self.mode, self.tag = device, mode, tag
-        self.rays = image_rays(camera.intrinsics(width, height), camera.c2w, None, width, height, device)
+        self.rays = camera_rays(camera.intrinsics(width, height), camera.c2w, None, width, height, device)
         self.done_rays = 0
         self.parts: dict[str, list[torch.Tensor]] = {"rgb": [], "mean_depth": [], "median_depth": []}
         self.seconds = 0.0
@@ -106,8 +107,9 @@ class RenderJob:
         while not self.finished:
             a, b = self.done_rays, min(self.done_rays + self.chunk, n)
             pad_to = self.chunk if getattr(self.model, "compiled", False) else 0  # one shape: no recompiles
-            out = render_rays(self.model, *(x[a:b] for x in self.rays), chunk=self.chunk,
-                              depth=self.mode != "rgb", pad_to=pad_to)
+            o, d, vd, radii = (x[a:b] for x in self.rays)
+            out = render_rays(self.model, o, d, vd, chunk=self.chunk, depth=self.mode != "rgb", pad_to=pad_to,
+                              radii=radii)
             for k in self.parts:
                 if k in out:
                     self.parts[k].append(out[k].float().cpu())

@@ -76,13 +76,14 @@ class Run:
         return self.loaded.cfg
 
     def render(self, c2w: np.ndarray, K: np.ndarray, width: int, height: int, depth: str | None = "median",
-               space: str = "input") -> dict[str, np.ndarray]:
+               space: str = "input", appearance: str = "mean") -> dict[str, np.ndarray]:
         """Render one pinhole camera.
 
         Args:
             c2w: (3, 4) or (4, 4) camera-to-world, OpenCV axes; K: (3, 3) intrinsics in pixels.
             depth: ``median``, ``mean`` or None (no depth: faster).
             space: ``input`` (the input data's world and units) or ``normalized`` (mip360's scene).
+            appearance: for a run trained with appearance codes: ``mean`` or a training image's name.
         Returns:
             ``rgb`` (H, W, 3) float32 in [0, 1], ``opacity`` (H, W) and, unless ``depth`` is None,
             ``depth`` (H, W) float32 z-depth in the units of ``space``.
@@ -101,7 +102,7 @@ class Run:
             pose = transform_poses(self.loaded.transform, pose[None])[0]
         lr = self.loaded
         out = render_image(lr.model, K, pose, None, int(width), int(height), lr.cfg.render.chunk_rays, lr.device,
-                           depth=depth is not None)
+                           depth=depth is not None, code=lr.appearance_code(appearance))
         result = {"rgb": np.clip(out["rgb"], 0, 1), "opacity": out["acc"]}
         if depth is not None:
             d = out["median_depth" if depth == "median" else "mean_depth"]

@@ -66,16 +66,20 @@ def example_cmd(
     text: bool = typer.Option(False, "--text", help="COLMAP only: write the text model instead of binary."),
     texture: bool = typer.Option(False, "--texture", help="Add non-repeating surface detail, as real photos have, "
                                                           "so that `mip360 poses` can match features."),
+    exposure: float = typer.Option(0.0, "--exposure", help="Vary the photos' exposure by up to this many stops "
+                                   "around the ring, as a phone's auto exposure does (for model.appearance.dim)."),
+    intruders: bool = typer.Option(False, "--intruders", help="Put a passer-by in every third photo and write "
+                                   "masks/ that exclude it (for masked training)."),
 ) -> None:
     """Write a small procedural 360-degree scene (images, cameras, ground-truth depth)."""
     from .core.progress import progress_bar
     from .data.example import check_example_options, make_example
 
     width, height = _parse_size(size)
-    check_example_options(format, images, width, height, distortion)
+    check_example_options(format, images, width, height, distortion, exposure)
     with progress_bar("rendering example", images, "images") as bar:
         make_example(out, format, images, width, height, distortion, colmap_binary=not text,
-                     progress=bar.advance, texture=texture)
+                     progress=bar.advance, texture=texture, exposure=exposure, intruders=intruders)
     typer.echo(f"wrote a {images}-image {width}x{height} example scene ({format}) to {out}")
     typer.echo(f"next: mip360 preprocess {out}")
 
@@ -271,6 +275,9 @@ def render_cmd(
     gpus: int = typer.Option(1, "--gpus", min=1, help="Processes splitting the frames (torch.distributed.run)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Render frames already on disk again."),
+    appearance: str = typer.Option("mean", "--appearance", help="A run trained with appearance codes "
+                                   "(model.appearance.dim): mean, or the name of a training image whose exposure "
+                                   "and colour to render with."),
 ) -> None:
     """Render novel views: RGB frames, mean or median depth (.npy + colormap) and mp4 videos.
 
@@ -282,7 +289,7 @@ def render_cmd(
     from .runs.load import load_run
 
     args = parse_render_args(overrides or [], ratio, depth)
-    opts = RenderOptions(path, frames, args.ratio, args.depth or "median", video, fps, out, overwrite)
+    opts = RenderOptions(path, frames, args.ratio, args.depth or "median", video, fps, out, overwrite, appearance)
     opts.check()
     if gpus > 1 and not distributed.launched_by_torchrun():
         distributed.check_processes(gpus, device)

@@ -22,7 +22,7 @@ from ..core.errors import UserError
 from ..core.files import atomic_write_text, files_below, is_disk_full, refuse_foreign
 from .cameras import Cameras, look_at, undistort_pixels_cv2
 from .formats import READERS, colmap, easymocap, llff, transforms
-from .images import write_image
+from .images import write_image, write_mask
 
 FORMATS = tuple(READERS)
 ENCLOSURE_RADIUS = 12.0
@@ -196,18 +196,54 @@ def _camera_rays(cameras: Cameras, i: int, offsets: tuple[float, float]) -> tupl
     return np.broadcast_to(c2w[:, 3], dirs.shape), dirs
 
 
-def render_view(cameras: Cameras, i: int, texture: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Render camera ``i``: (H, W, 3) uint8 RGB and (H, W) float32 z-depth."""
+def render_view(cameras: Cameras, i: int, texture: bool = False, gain: float = 1.0,
+                intruder: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render camera ``i``: (H, W, 3) uint8 RGB, (H, W) float32 z-depth of the scene, and (H, W) bool: pixels
+    the ``intruder`` covers (any part of).
+
+    Args:
+        gain: exposure: colours times ``gain`` (clipped), as a camera's auto exposure does.
+        intruder: (center, radius) of a sphere (a passer-by) in this view only; the depth is the scene's.
+    """
     w, h = int(cameras.width[i]), int(cameras.height[i])
     rgb = np.zeros((h * w, 3))
+    covered = np.zeros(h * w, bool)
     for ox in (0.25, 0.75):
         for oy in (0.25, 0.75):
             o, d = _camera_rays(cameras, i, (ox, oy))
-            rgb += trace(o, d, texture)[0] / 4
+            color, t = trace(o, d, texture)
+            if intruder is not None:
+                hit = _hit_sphere(o, d, intruder[0], intruder[1]) < t
+                color = np.where(hit[:, None], INTRUDER_COLOR, color)
+                covered |= hit
+            rgb += color / 4
     o, d = _camera_rays(cameras, i, (0.5, 0.5))
     _, t = trace(o, d)  # d has unit camera z, so t is z-depth
-    img = np.round(rgb * 255).astype(np.uint8).reshape(h, w, 3)
-    return img, t.astype(np.float32).reshape(h, w)
+    img = np.round(np.clip(rgb * gain, 0, 1) * 255).astype(np.uint8).reshape(h, w, 3)
+    return img, t.astype(np.float32).reshape(h, w), covered.reshape(h, w)
+
+
+INTRUDER_COLOR = np.array([0.9, 0.1, 0.9])
+
+
+def exposure_gains(n: int, stops: float) -> np.ndarray:
+    """Each camera's exposure gain: ``2^(stops sin(2 pi i / n))``, drifting around the ring as a phone's auto
+    exposure does with what it faces (neighbouring photos alike).
+
+    Example:
+        >>> exposure_gains(4, 1.0).round(3).tolist()
+        [1.0, 2.0, 1.0, 0.5]
+    """
+    return 2.0 ** (stops * np.sin(2 * np.pi * np.arange(n) / n))
+
+
+def intruder_of(cameras: Cameras, i: int) -> tuple[np.ndarray, float] | None:
+    """The passer-by of camera ``i`` (every third camera, from the second on): a sphere 1.2 units in front of
+    it, off its axis (its position differs in every view, so it belongs to no consistent scene)."""
+    if i % 3 != 1:
+        return None
+    c2w = cameras.c2w[i]
+    return c2w[:, 3] + c2w[:, :3] @ np.array([0.25, 0.1, 1.2]), 0.22
 
 
 def image_relpath(fmt: str, name: str) -> str:
@@ -217,12 +253,20 @@ def image_relpath(fmt: str, name: str) -> str:
     return f"images/{name}"
 
 
+def mask_relpath(image_rel: str) -> str:
+    """Where the mask of the image at ``image_rel`` goes: ``masks/`` in place of ``images/``, as PNG."""
+    return str(Path("masks", *Path(image_rel).parts[1:]).with_suffix(".png"))
+
+
 MAX_SIDE = 8192
 MAX_IMAGES = 10_000
 
 
-def check_example_options(fmt: str, n_images: int, width: int, height: int, distortion: float) -> None:
+def check_example_options(fmt: str, n_images: int, width: int, height: int, distortion: float,
+                          exposure: float = 0.0) -> None:
     """One UserError for an example the options cannot make (before anything is written)."""
+    if not (np.isfinite(exposure) and 0 <= exposure <= 4):
+        raise UserError(f"--exposure must be from 0 to 4 stops, got {exposure}")
     if fmt not in FORMATS:
         raise UserError(f"unknown format '{fmt}'", hint=f"choose one of: {', '.join(FORMATS)}")
     if fmt == "llff" and distortion:
@@ -237,7 +281,7 @@ def check_example_options(fmt: str, n_images: int, width: int, height: int, dist
 
 def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width: int = 64,
                  height: int = 48, distortion: float = 0.0, colmap_binary: bool = True,
-                 progress=None, texture: bool = False) -> Cameras:
+                 progress=None, texture: bool = False, exposure: float = 0.0, intruders: bool = False) -> Cameras:
     """Write the example scene to ``out`` in format ``fmt``.
 
     Writes the images, the camera file(s) of the format, ``depth/<name>.npy``
@@ -248,14 +292,18 @@ def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width
         progress: optional callable called once per rendered image.
         texture: add non-repeating surface detail, so that feature matchers (SIFT) find
             distinct points; the plain scene's checkers repeat too regularly for them.
+        exposure: photos vary in exposure by up to this many stops (:func:`exposure_gains`).
+        intruders: a passer-by (a magenta sphere) in every third photo (:func:`intruder_of`), and
+            ``masks/NAME.png`` for those photos (0 where it is: the pixels to ignore).
     Returns:
         The cameras in the scene's world (OpenCV axes).
     """
     out = Path(out)
-    check_example_options(fmt, n_images, width, height, distortion)
+    check_example_options(fmt, n_images, width, height, distortion, exposure)
     check_example_folder(out)
     try:
-        return _write_example(out, fmt, n_images, width, height, distortion, colmap_binary, progress, texture)
+        return _write_example(out, fmt, n_images, width, height, distortion, colmap_binary, progress, texture,
+                              exposure, intruders)
     except OSError as e:
         if is_disk_full(e):
             raise UserError(f"the disk is full: the example scene in {out} is incomplete",
@@ -274,18 +322,24 @@ def check_example_folder(out: Path) -> None:
 
 
 def _write_example(out: Path, fmt: str, n_images: int, width: int, height: int, distortion: float,
-                   colmap_binary: bool, progress, texture: bool) -> Cameras:
+                   colmap_binary: bool, progress, texture: bool, exposure: float = 0.0,
+                   intruders: bool = False) -> Cameras:
     info = {"format": fmt, "images": n_images, "width": width, "height": height, "distortion": distortion,
-            "texture": texture, "world_up": [0, 0, 1], "enclosure_radius": ENCLOSURE_RADIUS}
+            "texture": texture, "exposure": exposure, "intruders": intruders, "world_up": [0, 0, 1],
+            "enclosure_radius": ENCLOSURE_RADIUS}
     out.mkdir(parents=True, exist_ok=True)
     # first: the folder is an example's (a killed run can be run again); "complete" once all is written
     atomic_write_text(out / "example.json", json.dumps({**info, "complete": False}, indent=2) + "\n")
     cams = ring_cameras(n_images, width, height, distortion=distortion)
     rel = [image_relpath(fmt, n) for n in cams.names]
     depth_ranges = []
+    gains = exposure_gains(len(cams), exposure)
     for i in range(len(cams)):
-        img, depth = render_view(cams, i, texture)
+        intruder = intruder_of(cams, i) if intruders else None
+        img, depth, covered = render_view(cams, i, texture, float(gains[i]), intruder)
         write_image(out / rel[i], img)
+        if intruder is not None:
+            write_mask(out / mask_relpath(rel[i]), ~covered)
         (out / "depth").mkdir(exist_ok=True)
         np.save(out / "depth" / f"{Path(cams.names[i]).stem}.npy", depth)
         depth_ranges.append((float(depth.min()), float(depth.max())))

@@ -56,7 +56,7 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
     views = loaded.views(split, ratio)
     idx = loaded.test if split == "test" else loaded.train
     scorer, lpips_line = load_lpips(ec.lpips, ec.lpips_net, loaded.device, min(min(v.width, v.height) for v in views))
-    rows, sources, first_read = [], set(), None
+    rows, sources, first_read, appearance = [], set(), None, {}
     use_cache = split == "test" and loaded.cache_path is not None and loaded.cache_path.exists()
     with contextlib.ExitStack() as stack, progress_bar("evaluating", len(views), "views") as bar:
         cache = stack.enter_context(RayCache(loaded.cache_path)) if use_cache else None  # opened once
@@ -66,8 +66,9 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
                  "original photos instead of its held-out images")
             cache = None
         for k, (v, i) in enumerate(zip(views, idx)):
+            code, appearance[loaded.cameras.names[i]] = appearance_for(loaded, int(i), split)
             img = render_image(loaded.model, v.K, v.c2w, v.dist, v.width, v.height, loaded.cfg.render.chunk_rays,
-                               loaded.device, depth=False)
+                               loaded.device, depth=False, code=code)
             rgb = metrics.quantize(img["rgb"]) if ec.quantize else np.clip(img["rgb"], 0, 1).astype(np.float64)
             gt, source, read = ground_truth(loaded, cache.test_image(k) if cache else None, int(i), v.width,
                                             v.height)
@@ -85,8 +86,23 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
               "config_hash": config_hash(loaded.cfg), "views": len(rows), "mean": mean, "per_image": rows}
     used = [views[0].width, views[0].height]
     result["protocol"] = _protocol(loaded, split, result, sources, (first_read, used), lpips_line, scorer)
+    if loaded.model.images.codes is not None:  # which image's appearance each view was rendered with
+        result["protocol"]["appearance"] = {"codes": "the nearest training camera's (its own for a training view)",
+                                            "used": appearance}
     write_report(out, result)
     return result
+
+
+def appearance_for(loaded: LoadedRun, index: int, split: str) -> tuple["torch.Tensor | None", str | None]:
+    """The appearance code to score camera ``index`` with, and the training image it belongs to: a training
+    view's own; a held-out view's nearest training camera's (multinerf's glo models are evaluated likewise
+    with a code they were not given). None for a model without codes."""
+    if loaded.model.images.codes is None:
+        return None, None
+    names = loaded.cameras.names
+    row = (int(np.flatnonzero(loaded.train == index)[0]) if split == "train"
+           else loaded.nearest_training_row(loaded.cameras.c2w[index]))
+    return loaded.model.images.codes[row].detach(), names[int(loaded.train[row])]
 
 
 def _write_panel(path: Path, gt: np.ndarray, rgb: np.ndarray) -> None:

@@ -45,6 +45,8 @@ class RenderOptions:
     """Output folder (None: RUN/renders/<path>)."""
     overwrite: bool = False
     """Render frames already on disk again."""
+    appearance: str = "mean"
+    """The appearance code of a run trained with them: mean, or a training image's name."""
 
     def check(self) -> None:
         if self.depth not in DEPTHS:
@@ -88,25 +90,27 @@ def render_path(loaded: LoadedRun, opts: RenderOptions, env: distributed.DistEnv
     env = env or distributed.DistEnv()
     opts.check()
     views = path_views(loaded, opts.path, opts.frames, opts.ratio)
+    code = loaded.appearance_code(opts.appearance)
     out = opts.out or loaded.folder.renders(Path(opts.path).stem if opts.path not in PATHS else opts.path)
     with contextlib.ExitStack() as stack:
         if env.is_main:  # one render per folder at a time; the lock names the one rendering
             folder = RenderFolder(out)
             folder.check()
             stack.enter_context(process_lock(out / LOCK, f"the render folder {out}"))
-            folder.prepare(render_key(loaded, views, opts.depth), [v.name for v in views], opts.overwrite)
-        return _render_into(loaded, views, out, opts, env)
+            key = render_key(loaded, views, opts.depth, opts.appearance if code is not None else None)
+            folder.prepare(key, [v.name for v in views], opts.overwrite)
+        return _render_into(loaded, views, out, opts, env, code)
 
 
-def _render_into(loaded: LoadedRun, views: list[View], out: Path, opts: RenderOptions, env: distributed.DistEnv
-                 ) -> dict:
+def _render_into(loaded: LoadedRun, views: list[View], out: Path, opts: RenderOptions, env: distributed.DistEnv,
+                 code=None) -> dict:
     distributed.barrier(env)
     mine = list(range(env.rank, len(views), env.world))
     todo = [views[i] for i in mine if not _frame_done(out, views[i].name, opts.depth)]
     if env.is_main:
         info(f"rendering {len(views)} frames of {views[0].width}x{views[0].height} ({opts.path}) into {out}"
              + (f"; {len(mine) - len(todo)} already there" if len(todo) < len(mine) else ""))
-    _render_frames(loaded, todo, out, opts.depth)
+    _render_frames(loaded, todo, out, opts.depth, code)
     distributed.barrier(env)
     if not env.is_main:
         return {}
@@ -115,12 +119,13 @@ def _render_into(loaded: LoadedRun, views: list[View], out: Path, opts: RenderOp
     return result
 
 
-def _render_frames(loaded: LoadedRun, views: list[View], out: Path, depth: str) -> None:
-    """rgb/NAME.png and (unless ``depth`` is none) depth/NAME.npy, in the input's units, of each view."""
+def _render_frames(loaded: LoadedRun, views: list[View], out: Path, depth: str, code=None) -> None:
+    """rgb/NAME.png and (unless ``depth`` is none) depth/NAME.npy, in the input's units, of each view
+    (``code``: the appearance code, or None)."""
     with progress_bar("rendering", len(views), "frames") as bar:
         for v in views:
             img = render_image(loaded.model, v.K, v.c2w, v.dist, v.width, v.height, loaded.cfg.render.chunk_rays,
-                               loaded.device, depth=depth != "none")
+                               loaded.device, depth=depth != "none", code=code)
             if depth != "none":
                 d = img["median_depth" if depth == "median" else "mean_depth"] / loaded.scale
                 if not loaded.cfg.model.opaque_background:
@@ -157,8 +162,9 @@ LOCK = ".render.lock"
 VIDEOS = ("rgb.mp4", "depth.mp4", "rgb_depth.mp4")
 
 
-def render_key(loaded: LoadedRun, views: list[View], depth: str) -> dict:
-    """What the frames of a render depend on: the cameras, the checkpoint and the depth kind."""
+def render_key(loaded: LoadedRun, views: list[View], depth: str, appearance: str | None = None) -> dict:
+    """What the frames of a render depend on: the cameras, the checkpoint, the depth kind and the appearance
+    code (None for a model without codes: the key of earlier versions)."""
     h = hashlib.sha256()
     for v in views:
         for a in (v.K, v.c2w, v.dist if v.dist is not None else np.zeros(5), np.array([v.width, v.height])):
@@ -166,7 +172,7 @@ def render_key(loaded: LoadedRun, views: list[View], depth: str) -> dict:
     st = loaded.checkpoint.stat() if loaded.checkpoint is not None and loaded.checkpoint.exists() else None
     return {"views": h.hexdigest(), "frames": len(views), "size": [views[0].width, views[0].height],
             "step": loaded.step, "checkpoint": [loaded.checkpoint.name, st.st_size, st.st_mtime_ns] if st else None,
-            "depth": depth}
+            "depth": depth, **({"appearance": appearance} if appearance is not None else {})}
 
 
 class RenderFolder:

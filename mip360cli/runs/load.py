@@ -23,7 +23,7 @@ from ..model.per_image import correct_poses
 from . import checkpoints as ckpt
 from .cameras_file import read_cameras_json
 from .folder import RunFolder
-from .views import View, split_views
+from .views import View, nearest_camera, split_views
 
 
 def build_model(cfg: Config, device: torch.device, n_images: int = 0) -> Mip360:
@@ -76,6 +76,35 @@ class LoadedRun:
         """The ``test`` or ``train`` cameras at ``ratio`` of the original photos (default: the training ratio)."""
         idx = self.test if split == "test" else self.train
         return split_views(self.cameras, idx, self.image_scale(ratio), split)
+
+    def appearance_code(self, choice: str = "mean") -> torch.Tensor | None:
+        """The appearance code ``choice`` names: ``mean`` (of the training images'), or a training image's name
+        (with or without its extension). None for a model without codes, which takes only ``mean``."""
+        images = self.model.images
+        if images.codes is None:
+            if choice != "mean":
+                raise UserError(f"--appearance {choice}: {self.run} was trained without appearance codes",
+                                hint="train with model.appearance.dim=4 to learn one per image")
+            return None
+        if choice == "mean":
+            return images.mean_code().detach()
+        return images.codes[self.training_row(choice)].detach()
+
+    def training_row(self, name: str) -> int:
+        """The row (position in the training split) of the training image called ``name`` (or its stem)."""
+        for j, i in enumerate(self.train):
+            if name in (self.cameras.names[i], Path(self.cameras.names[i]).stem):
+                return j
+        if any(name in (self.cameras.names[i], Path(self.cameras.names[i]).stem) for i in self.test):
+            raise UserError(f"--appearance {name}: that image was held out, so it has no appearance code",
+                            hint="name a training image, or use mean")
+        shown = ", ".join(Path(self.cameras.names[i]).stem for i in self.train[:5])
+        raise UserError(f"--appearance {name}: no training image of {self.run} is called that",
+                        hint=f"use mean, or one of its training images ({shown}{', ...' if len(self.train) > 5 else ''})")
+
+    def nearest_training_row(self, c2w: np.ndarray) -> int:
+        """The row of the training camera nearest ``c2w`` (3, 4): by position, then by viewing direction."""
+        return nearest_camera(self.cameras.c2w[self.train], c2w)
 
     def image_scale(self, ratio: float | None) -> float:
         """The factor from the cameras' size (the training ratio) to ``ratio`` of the original photos."""

@@ -65,6 +65,20 @@ def frame_bytes(model: Mip360, width: int, height: int, chunk: int | str, device
     return float(rays) * per_ray + 4.0 * chunk_rays(chunk, model, device) * widest * 3
 
 
+def nearest_camera(candidates: np.ndarray, c2w: np.ndarray) -> int:
+    """The index of the camera of ``candidates`` (N, 3, 4) nearest ``c2w`` (3, 4): by position, then viewing
+    direction (0.1 scene units per unit of ``1 - cos``).
+
+    Example:
+        >>> cams = np.stack([np.eye(3, 4), np.eye(3, 4)]); cams[1, 0, 3] = 1.0
+        >>> probe = np.eye(3, 4); probe[0, 3] = 0.8
+        >>> nearest_camera(cams, probe)
+        1
+    """
+    score = np.linalg.norm(candidates[:, :, 3] - c2w[:, 3], axis=1) + 0.1 * (1 - candidates[:, :, 2] @ c2w[:, 2])
+    return int(np.argmin(score))
+
+
 def split_views(cameras: Cameras, indices: np.ndarray, scale: float, split: str) -> list[View]:
     """The cameras ``indices`` of a split, their images scaled by ``scale``, named after their photos."""
     if len(indices) == 0:

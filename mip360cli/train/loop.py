@@ -39,7 +39,7 @@ from ..runs.cameras_file import write_cameras_json
 from ..runs.folder import RunFolder
 from ..runs.hooks import TrainContext, TrainHook
 from ..runs.load import build_model
-from ..runs.views import render_image
+from ..runs.views import nearest_camera, render_image
 from ..runs.writers import depth_range, depth_to_color, to_uint8, write_png
 from .batches import Prefetcher, RayBatcher, too_few_buckets
 from .hooks import standard_hooks
@@ -165,8 +165,11 @@ def render_validation_view(model, cache: RayCache, run: RunFolder, step: int, ch
     model.eval()
     i = int(cache.test[0])
     cams = cache.cameras
+    code = None
+    if model.images.codes is not None:  # the nearest training camera's appearance, as eval scores it
+        code = model.images.codes[nearest_camera(cams.c2w[cache.train], cams.c2w[i])].detach()
     out = render_image(model, cams.K[i], cams.c2w[i], cams.dist[i], int(cams.width[i]), int(cams.height[i]),
-                       chunk, device)
+                       chunk, device, code=code)
     model.train(was_training)
     gt = cache.test_image(0)
     rgb = np.clip(out["rgb"], 0, 1)

@@ -209,3 +209,151 @@ def test_depth_references():
 @pytest.mark.parametrize("step, lr", [(0, 2e-5), (256, 1.4133906e-3), (125_000, 2e-4), (250_000, 2e-5)])
 def test_learning_rate_references(step, lr):
     assert learning_rate(step, 2e-3, 2e-5, 250_000, 512, 0.01) == pytest.approx(lr, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- integrated encoding (gaussians)
+# Reference values: multinerf's own functions (internal/render.py cast_rays with its conical frustums,
+# internal/coord.py track_linearize(contract), lift_and_diagonalize with the identity basis and
+# integrated_pos_enc(0, 3)) run in JAX (float64) on these inputs.
+
+IPE_T = [[0.5, 0.9, 2.0, 7.5]]
+IPE_RAY = ([[0.3, -0.2, 0.1]], [[0.6, 0.3, 1.0]], [0.01])
+MULTINERF_FRUSTUM_MEAN = [[0.742251655629139, 0.02112582781456951, 0.8370860927152317],
+                          [1.2496293494704993, 0.2748146747352496, 1.6827155824508322],
+                          [3.7228405315614617, 1.511420265780731, 5.804734219269103]]
+MULTINERF_FRUSTUM_COV_DIAG = [[0.0044170259295493695, 0.0011146727903343621, 0.012244825963244202],
+                              [0.031336862934842086, 0.007882813861547133, 0.08693164592339309],
+                              [0.6529611749077711, 0.1638844683531886, 1.8122541089630775]]
+MULTINERF_FRUSTUM_COV_XZ = [0.007338562531588906, 0.05212010905176656, 1.0868371256768496]
+MULTINERF_CONTRACTED_MEAN = [[0.7338609552972095, 0.020887013270860955, 0.8276233471588802],
+                             [0.9026452626580929, 0.19850699278454637, 1.21547661276025],
+                             [0.9799815389390785, 0.39785855598339875, 1.5280086066285894]]
+MULTINERF_CONTRACTED_COV = [
+    [[0.0024666421309733084, 0.0016026659459868412, 0.0045183094976702955],
+     [0.0016026659459868425, 0.0010598389903085773, 0.00295102971784165],
+     [0.004518309497670297, 0.002951029717841648, 0.008334806265178164]],
+    [[0.0006183075048654136, 0.001001361611301497, 0.001784578492638776],
+     [0.0010013616113014939, 0.0017259497420399148, 0.0030306047194184208],
+     [0.0017845784926387729, 0.0030306047194184225, 0.005451895423223869]],
+    [[6.776373323636939e-05, 0.00010267555220563255, 0.00012637738966087236],
+     [0.00010267555220564144, 0.0005409087463951804, 0.0006626180138697528],
+     [0.00012637738966088125, 0.000662618013869748, 0.0009552064501264328]]]
+MULTINERF_IPE_FIRST = [0.6689162449700689, 0.020874429884973025, 0.7332631636918373, 0.9897975170441742,
+                       0.04167344985959998, 0.9799636581547145, 0.2006921832173852, 0.08274632398228289,
+                       -0.15725577499770146, 0.7416788083436824, 0.9992522107144182, 0.6738137463009901,
+                       0.10238565146976127, 0.9970120064473208, -0.08295559427333436, -0.9597004854804089,
+                       0.9880984717483343, -0.9221839921541856]
+
+
+def _ipe_inputs():
+    o, d, r = (torch.tensor(x, dtype=torch.float64) for x in IPE_RAY)
+    return o, d, r, torch.tensor(IPE_T, dtype=torch.float64)
+
+
+def test_frustum_gaussians_match_multinerf():
+    from mip360cli.model.gaussians import frustum_gaussians
+
+    mean, cov = frustum_gaussians(*_ipe_inputs())
+    close(mean[0], MULTINERF_FRUSTUM_MEAN, tol=1e-12)
+    close(torch.diagonal(cov[0], dim1=-2, dim2=-1), MULTINERF_FRUSTUM_COV_DIAG, tol=1e-12)
+    close(cov[0, :, 0, 2], MULTINERF_FRUSTUM_COV_XZ, tol=1e-12)
+
+
+def test_frustum_moments_are_the_frustum_integrals():
+    """Against the closed-form integrals (mip-NeRF eqs. 37-39) and a Monte Carlo sample of the frustum."""
+    from mip360cli.model.gaussians import frustum_moments
+
+    t0, t1 = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64), torch.tensor([0.9, 1.001, 30.0], dtype=torch.float64)
+    t_mean, t_var, r_var = frustum_moments(t0, t1)
+    den = t1 ** 3 - t0 ** 3
+    ref_mean = 0.75 * (t1 ** 4 - t0 ** 4) / den
+    close(t_mean, ref_mean, tol=1e-9)
+    close(t_var, 0.6 * (t1 ** 5 - t0 ** 5) / den - ref_mean ** 2, tol=1e-6)
+    close(r_var, 0.15 * (t1 ** 5 - t0 ** 5) / den, tol=1e-9)
+    # Monte Carlo: points uniform in the frustum of a cone of radius 1 at distance 1 (density ~ t^2)
+    g = np.random.default_rng(0)
+    u = g.random(400_000)
+    t = (0.5 ** 3 + u * (0.9 ** 3 - 0.5 ** 3)) ** (1 / 3)
+    rad = t * np.sqrt(g.random(len(t)))
+    x = rad * np.cos(2 * np.pi * g.random(len(t)))
+    close([t.mean(), t.var(), x.var()], [float(t_mean[0]), float(t_var[0]), float(r_var[0])], tol=2e-3)
+
+
+def test_contract_gaussians_match_multinerf_and_autograd():
+    from mip360cli.model.gaussians import contract_gaussians, frustum_gaussians
+
+    mean, cov = frustum_gaussians(*_ipe_inputs())
+    cm, cc = contract_gaussians(mean, cov)
+    close(cm[0], MULTINERF_CONTRACTED_MEAN, tol=1e-12)
+    close(cc[0], MULTINERF_CONTRACTED_COV, tol=1e-12)
+    close(cm, coord.contract(mean), tol=1e-12)  # the mean is the contracted point
+    for x in (torch.tensor([0.3, 0.2, -0.4], dtype=torch.float64), torch.tensor([3.0, -1.0, 2.0], dtype=torch.float64)):
+        J = torch.autograd.functional.jacobian(coord.contract, x)
+        S = torch.tensor([[0.2, 0.05, 0.0], [0.05, 0.1, 0.02], [0.0, 0.02, 0.3]], dtype=torch.float64)
+        close(contract_gaussians(x, S)[1], J @ S @ J.T, tol=1e-12)
+    x = (torch.randn(6, 3, dtype=torch.float64) * 2).requires_grad_()
+    s = (torch.eye(3, dtype=torch.float64) * 0.1).expand(6, 3, 3).clone().requires_grad_()
+    assert gradcheck(contract_gaussians, (x, s))
+
+
+def test_integrated_pos_enc_matches_multinerf_and_monte_carlo():
+    from mip360cli.model.fields import pos_enc
+    from mip360cli.model.gaussians import contract_gaussians, frustum_gaussians, integrated_pos_enc, project_gaussians
+
+    cm, cc = contract_gaussians(*frustum_gaussians(*_ipe_inputs()))
+    enc = integrated_pos_enc(*project_gaussians(cm, cc, None), 3)
+    close(enc[0, 0], MULTINERF_IPE_FIRST, tol=1e-12)
+    # no variance: the plain encoding; a variance: the mean of the sinusoids over the Gaussian
+    x = torch.tensor([[0.3, -1.2, 0.7]], dtype=torch.float64)
+    close(integrated_pos_enc(x, torch.zeros_like(x), 4), pos_enc(x, 4, append_identity=False), tol=1e-12)
+    samples = np.random.default_rng(1).normal(0.4, 0.3, 1_000_000)
+    mc = [np.sin(2 ** k * samples).mean() for k in range(3)] + [np.cos(2 ** k * samples).mean() for k in range(3)]
+    close(integrated_pos_enc(torch.tensor([[0.4]], dtype=torch.float64), torch.tensor([[0.09]], dtype=torch.float64),
+                             3)[0], mc, tol=2e-3)
+    m = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    v = (torch.rand(5, 3, dtype=torch.float64) * 0.1).requires_grad_()
+    assert gradcheck(lambda a, b: integrated_pos_enc(a, b, 3), (m, v))
+
+
+def test_projected_variances_along_a_basis():
+    from mip360cli.model.fields import icosahedron_basis
+    from mip360cli.model.gaussians import project_gaussians
+
+    basis = torch.tensor(icosahedron_basis(), dtype=torch.float64).T
+    cov = torch.tensor([[0.2, 0.05, 0.0], [0.05, 0.1, 0.02], [0.0, 0.02, 0.3]], dtype=torch.float64)
+    mean = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    m, v = project_gaussians(mean, cov, basis)
+    close(m, mean @ basis, tol=1e-12)
+    close(v, [float(b @ cov @ b) for b in basis.T], tol=1e-12)
+
+
+# ----------------------------------------------------------------------------- pose corrections
+
+
+def test_so3_exp_rodrigues_series_and_gradient_at_zero():
+    from mip360cli.model.per_image import so3_exp
+
+    w = torch.tensor([0.3, -0.5, 0.2], dtype=torch.float64)
+    R = so3_exp(w)
+    close(R @ R.T, torch.eye(3), tol=1e-12)
+    close(torch.linalg.det(R), 1.0, tol=1e-12)
+    close(R @ w, w, tol=1e-12)  # the axis is kept
+    tiny = torch.tensor([1e-5, 0, 0], dtype=torch.float64)
+    close(so3_exp(tiny), [[1, 0, 0], [0, 1, -1e-5], [0, 1e-5, 1]], tol=1e-9)
+    z = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    so3_exp(z)[1, 2].backward()
+    close(z.grad, [-1.0, 0.0, 0.0], tol=1e-12)  # d R / d w at 0 is the cross-product matrix
+    assert gradcheck(so3_exp, (torch.randn(4, 3, dtype=torch.float64, requires_grad=True),))
+
+
+def test_correct_poses_in_the_camera_frame():
+    from mip360cli.model.per_image import correct_poses
+
+    c2w = torch.tensor([[[0.0, -1, 0, 2], [1, 0, 0, 3], [0, 0, 1, 4]]], dtype=torch.float64)
+    moved = correct_poses(c2w, torch.tensor([[0.0, 0, 1, 0, 0, 0]], dtype=torch.float64))
+    close(moved[0, :, 3], [2, 3, 5], tol=1e-12)  # one unit along the camera's own z
+    turned = correct_poses(c2w, torch.tensor([[0.0, 0, 0, 0, 0, math.pi / 2]], dtype=torch.float64))
+    close(turned[0, :, 3], [2, 3, 4], tol=1e-12)
+    close(turned[0, :, :3], c2w[0, :, :3] @ torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]], dtype=torch.float64),
+          tol=1e-12)
+    close(correct_poses(c2w, torch.zeros(1, 6, dtype=torch.float64)), c2w, tol=0)

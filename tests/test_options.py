@@ -1,0 +1,146 @@
+"""The model's options for real captures: appearance codes, pose refinement, the integrated encoding, end to end
+(train, resume, render, eval, export) on small data, and what switching them does to a run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from mip360cli.data.example import exposure_gains, make_example
+
+ALL_ON = ["model.appearance.dim=4", "train.refine_cameras=true", "model.encoding.integrated=true"]
+FAST = ["--config", "tiny", "train.batch_rays=64", "train.val_every=0", "train.checkpoint_every=3"]
+
+
+@pytest.fixture(scope="module")
+def options_run(tmp_path_factory):
+    """A scene whose photos vary in exposure, trained 6 steps with every option on (for the plumbing)."""
+    root = tmp_path_factory.mktemp("options")
+    make_example(root / "scene", "colmap", 16, 32, 24, exposure=0.5)
+    return root
+
+
+def test_every_option_trains_resumes_renders_evaluates_and_exports(options_run, capsys, tmp_path):
+    root = options_run
+    run = tmp_path / "run"
+    code, _, err = run_cli(["train", root / "scene", "--run", run, *FAST, "train.max_steps=3", *ALL_ON], capsys)
+    assert code == 0, err
+    state = torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    n_train = 14  # 16 photos, every 8th held out
+    assert state["model"]["images.codes"].shape == (n_train, 4)
+    assert state["model"]["images.pose_delta"].shape == (n_train, 6)
+    assert state["model"]["images.codes"].abs().sum() > 0 and state["model"]["images.pose_delta"].abs().sum() > 0
+    assert [g["name"] for g in state["optimizer"]["param_groups"]] == ["scene", "cameras"]
+    # resumes with the options; switching one is refused with its key named
+    code, _, err = run_cli(["train", root / "scene", "--run", run, *FAST, "train.max_steps=6", *ALL_ON], capsys)
+    assert code == 0 and "resuming" in err, err
+    for i, opt in enumerate(ALL_ON):
+        others = [o for j, o in enumerate(ALL_ON) if j != i]
+        code, _, err = run_cli(["train", root / "scene", "--run", run, *FAST, "train.max_steps=9", *others], capsys)
+        assert code == 1 and opt.split("=")[0] in err and "cannot resume" in err, (opt, err)
+    # the refined training cameras are the ones a loaded run uses; held-out cameras keep theirs
+    from mip360cli.runs.cameras_file import read_cameras_json
+    from mip360cli.runs.load import load_run
+
+    loaded = load_run(run, device="cpu")
+    stored = read_cameras_json(run / "cameras.json", run).cameras
+    assert np.abs(loaded.cameras.c2w[loaded.train] - stored.c2w[loaded.train]).max() > 0
+    assert np.array_equal(loaded.cameras.c2w[loaded.test], stored.c2w[loaded.test])
+    # render: the mean code, a training photo's code (other pixels), clear errors for the others
+    code, _, err = run_cli(["render", run, "--path", "test", "--depth", "none", "--no-video"], capsys)
+    assert code == 0, err
+    mean_frame = (run / "renders/test/rgb/000.png").read_bytes()
+    code, _, err = run_cli(["render", run, "--path", "test", "--depth", "none", "--no-video", "--appearance",
+                            "004", "--out", tmp_path / "r4"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "r4/rgb/000.png").read_bytes() != mean_frame
+    for name, words in (("000", "held out"), ("nope", "no training image")):
+        code, _, err = run_cli(["render", run, "--appearance", name, "--out", tmp_path / name], capsys)
+        assert code == 1 and words in err, err
+    # eval records which training photo's code scored each view: the nearest camera's
+    code, _, err = run_cli(["eval", run], capsys)
+    assert code == 0, err
+    used = json.loads((run / "eval/metrics.json").read_text())["protocol"]["appearance"]["used"]
+    assert set(used) == {"000.png", "008.png"}, used
+    for test_name, train_name in used.items():
+        assert abs(int(train_name[:3]) - int(test_name[:3])) == 1  # a neighbour on the ring
+    code, _, err = run_cli(["export", run, "--out", tmp_path / "points.ply"], capsys)
+    assert code == 0, err
+
+
+def test_a_run_without_the_options_resumes_after_they_exist(scene_copy, capsys, tmp_path):
+    """A checkpoint whose config predates the options (no keys for them) resumes and renders as before."""
+    from mip360cli.runs import checkpoints as ckpt
+
+    scene, run = scene_copy("colmap"), tmp_path / "run"
+    assert run_cli(["train", scene, "--run", run, *FAST, "train.max_steps=3"], capsys)[0] == 0
+    path = sorted((run / "checkpoints").glob("*.pt"))[-1]
+    state = torch.load(path, weights_only=True)
+    del state["config"]["model"]["appearance"], state["config"]["train"]["refine_cameras"]
+    del state["config"]["model"]["encoding"]["integrated"]
+    path.unlink()
+    ckpt.save_checkpoint(run, 3, state, 3)
+    code, _, err = run_cli(["train", scene, "--run", run, *FAST, "train.max_steps=6"], capsys)
+    assert code == 0 and "resuming" in err and "cannot resume" not in err, err
+
+
+def test_example_exposure_drifts_around_the_ring():
+    gains = exposure_gains(24, 1.0)
+    assert gains.max() == pytest.approx(2.0) and gains.min() == pytest.approx(0.5)
+    assert np.abs(np.diff(np.log2(gains))).max() < 0.3  # neighbours alike: a held-out photo's neighbour predicts it
+
+
+def test_pose_refinement_corrects_a_perturbed_camera(trained_example):
+    """With the trained scene fixed, the pose correction of a camera moved by 0.5 degrees and 1% of the ring's
+    radius is learned back from its pixels alone."""
+    from mip360cli.data.cache import RayCache
+    from mip360cli.data.cameras import cameras_to_tensors
+    from mip360cli.model.per_image import correct_poses, so3_exp
+    from mip360cli.runs.load import load_run
+    from mip360cli.train.step import RayStep
+
+    loaded = load_run(trained_example["run"], device="cpu")
+    model = loaded.model
+    cache = RayCache(trained_example["cache"])
+    cams = cameras_to_tensors(cache.cameras)
+    j, cam = 3, int(cache.train[3])
+    true = cams["c2w"][cam].clone()
+    radius = float(np.linalg.norm(cache.cameras.c2w[cache.train][:, :, 3], axis=1).mean())
+    error = torch.tensor([[0.01 * radius / math.sqrt(3)] * 3 + [0.0, math.radians(0.5), 0.0]])
+    cams["c2w"][cam] = correct_poses(true[None], error)[0]
+    from mip360cli.model.per_image import PerImage
+
+    model.images = PerImage(len(cache.train), 0, refine_poses=True)
+    for p in model.parameters():
+        p.requires_grad_(p is model.images.pose_delta)
+    step = RayStep(model.train(), cams, torch.as_tensor(cache.train))
+    opt = torch.optim.Adam([model.images.pose_delta], lr=2e-3)
+    w, h = int(cache.cameras.width[cam]), int(cache.cameras.height[cam])
+    from mip360cli.data.images import read_image
+
+    photo = torch.as_tensor(read_image(cache.cameras.image_paths[cam]), dtype=torch.float32) / 255
+    g = torch.Generator().manual_seed(0)
+
+    def pose_error():
+        fixed = correct_poses(cams["c2w"][cam][None], model.images.pose_delta[j:j + 1].detach())[0]
+        R = true[:, :3].T @ fixed[:, :3]
+        angle = math.degrees(math.acos(max(-1.0, min(1.0, (float(torch.trace(R)) - 1) / 2))))
+        return angle, float((fixed[:, 3] - true[:, 3]).norm()) / radius
+
+    before = pose_error()
+    for it in range(150):
+        u = torch.randint(0, w, (1024,), generator=g)
+        v = torch.randint(0, h, (1024,), generator=g)
+        levels = step(torch.full_like(u, cam), u, v, torch.tensor(1.0), torch.rand(1024, 3, generator=g))
+        loss = ((levels[-1].rgb - photo[v, u]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = pose_error()
+    assert before[0] == pytest.approx(0.5, abs=1e-3) and before[1] == pytest.approx(0.01, rel=1e-3)
+    assert after[0] < 0.4 * before[0] and after[1] < 0.5 * before[1], (before, after)

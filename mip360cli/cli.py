@@ -66,8 +66,8 @@ def example_cmd(
     text: bool = typer.Option(False, "--text", help="COLMAP only: write the text model instead of binary."),
     texture: bool = typer.Option(False, "--texture", help="Add non-repeating surface detail, as real photos have, "
                                                           "so that `mip360 poses` can match features."),
-    exposure: float = typer.Option(0.0, "--exposure", help="Vary the photos' exposure by up to this many stops "
-                                   "around the ring, as a phone's auto exposure does (for model.appearance.dim)."),
+    exposure: float = typer.Option(0.0, "--exposure", help="Walk the ring twice (the second time closer) while the "
+                                   "light changes by this many stops between the passes (for model.appearance.dim)."),
     intruders: bool = typer.Option(False, "--intruders", help="Put a passer-by in every third photo and write "
                                    "masks/ that exclude it (for masked training)."),
 ) -> None:

@@ -51,6 +51,9 @@ class DataConfig:
     """Images with transparent pixels: ``composite`` them over ``alpha_background``, or refuse them."""
     alpha_background: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     """RGB in [0, 1] behind transparent pixels (white, as Blender-style data expects)."""
+    masks: Literal["auto", "none"] = "auto"
+    """auto: use ``masks/`` beside ``images/`` when the dataset has it (PNG, the images' names; 0 = ignore
+    the pixel): masked pixels are not trained on nor scored; none: use every pixel."""
     near: float = 0.2
     """Near distance of rays, in normalized scene units."""
     far: float = 1e6

@@ -67,8 +67,7 @@ def test_every_option_trains_resumes_renders_evaluates_and_exports(options_run, 
     assert code == 0, err
     used = json.loads((run / "eval/metrics.json").read_text())["protocol"]["appearance"]["used"]
     assert set(used) == {"000.png", "008.png"}, used
-    for test_name, train_name in used.items():
-        assert abs(int(train_name[:3]) - int(test_name[:3])) == 1  # a neighbour on the ring
+    assert all(train_name in {f"{i:03d}.png" for i in range(16) if i % 8} for train_name in used.values())
     code, _, err = run_cli(["export", run, "--out", tmp_path / "points.ply"], capsys)
     assert code == 0, err
 
@@ -89,15 +88,21 @@ def test_a_run_without_the_options_resumes_after_they_exist(scene_copy, capsys, 
     assert code == 0 and "resuming" in err and "cannot resume" not in err, err
 
 
-def test_example_exposure_drifts_around_the_ring():
-    gains = exposure_gains(24, 1.0)
-    assert gains.max() == pytest.approx(2.0) and gains.min() == pytest.approx(0.5)
-    assert np.abs(np.diff(np.log2(gains))).max() < 0.3  # neighbours alike: a held-out photo's neighbour predicts it
+def test_example_exposure_changes_between_two_passes():
+    from mip360cli.data.example import two_pass_cameras
+    from mip360cli.runs.views import nearest_camera
+
+    gains = np.log2(exposure_gains(48, 1.0))
+    assert np.all(np.abs(gains[:24] - 0.5) <= 0.1 + 1e-9) and np.all(np.abs(gains[24:] + 0.5) <= 0.1 + 1e-9)
+    cams = two_pass_cameras(48, 32, 24)
+    others = [j for j in range(48) if j % 8]
+    for i in range(0, 48, 8):  # with 24 photos a pass, a held-out photo's nearest training camera is of its pass
+        assert (others[nearest_camera(cams.c2w[others], cams.c2w[i])] < 24) == (i < 24)
 
 
 def test_pose_refinement_corrects_a_perturbed_camera(trained_example):
     """With the trained scene fixed, the pose correction of a camera moved by 0.5 degrees and 1% of the ring's
-    radius is learned back from its pixels alone."""
+    radius is learned back from its pixels alone, to within 30% of the error."""
     from mip360cli.data.cache import RayCache
     from mip360cli.data.cameras import cameras_to_tensors
     from mip360cli.model.per_image import correct_poses, so3_exp
@@ -119,7 +124,7 @@ def test_pose_refinement_corrects_a_perturbed_camera(trained_example):
     for p in model.parameters():
         p.requires_grad_(p is model.images.pose_delta)
     step = RayStep(model.train(), cams, torch.as_tensor(cache.train))
-    opt = torch.optim.Adam([model.images.pose_delta], lr=2e-3)
+    opt = torch.optim.Adam([model.images.pose_delta], lr=3e-3)
     w, h = int(cache.cameras.width[cam]), int(cache.cameras.height[cam])
     from mip360cli.data.images import read_image
 
@@ -133,14 +138,15 @@ def test_pose_refinement_corrects_a_perturbed_camera(trained_example):
         return angle, float((fixed[:, 3] - true[:, 3]).norm()) / radius
 
     before = pose_error()
-    for it in range(150):
-        u = torch.randint(0, w, (1024,), generator=g)
-        v = torch.randint(0, h, (1024,), generator=g)
-        levels = step(torch.full_like(u, cam), u, v, torch.tensor(1.0), torch.rand(1024, 3, generator=g))
+    for it in range(60):
+        u = torch.randint(0, w, (512,), generator=g)
+        v = torch.randint(0, h, (512,), generator=g)
+        levels = step(torch.full_like(u, cam), u, v, torch.tensor(1.0), torch.rand(512, 3, generator=g))
         loss = ((levels[-1].rgb - photo[v, u]) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     after = pose_error()
     assert before[0] == pytest.approx(0.5, abs=1e-3) and before[1] == pytest.approx(0.01, rel=1e-3)
-    assert after[0] < 0.4 * before[0] and after[1] < 0.5 * before[1], (before, after)
+    # measured: 0.50 -> 0.09 degrees, 1.0% -> 0.13% of the radius in 60 steps
+    assert after[0] < 0.3 * before[0] and after[1] < 0.3 * before[1], (before, after)

@@ -227,20 +227,42 @@ INTRUDER_COLOR = np.array([0.9, 0.1, 0.9])
 
 
 def exposure_gains(n: int, stops: float) -> np.ndarray:
-    """Each camera's exposure gain: ``2^(stops sin(2 pi i / n))``, drifting around the ring as a phone's auto
-    exposure does with what it faces (neighbouring photos alike).
+    """Each photo's exposure gain in a capture of two passes (:func:`two_pass_cameras`) under changing light:
+    the first pass ``stops / 2`` brighter, the second as much darker, each drifting by a tenth of ``stops``.
 
     Example:
         >>> exposure_gains(4, 1.0).round(3).tolist()
-        [1.0, 2.0, 1.0, 0.5]
+        [1.414, 1.414, 0.707, 0.707]
     """
-    return 2.0 ** (stops * np.sin(2 * np.pi * np.arange(n) / n))
+    first = n - n // 2
+    passes = np.where(np.arange(n) < first, 0.5, -0.5)
+    drift = 0.1 * np.sin(2 * np.pi * (np.arange(n) % first) / first)
+    return 2.0 ** (stops * (passes + drift))
+
+
+def two_pass_cameras(n: int, width: int, height: int, distortion: float = 0.0) -> Cameras:
+    """A capture walked twice around the scene: ``n - n // 2`` photos on the ring of :func:`ring_cameras`,
+    then ``n // 2`` on a ring 40% closer to the scene (half a step turned), looking the same way.
+
+    A photo of the second pass sees the scene from directions the first pass saw too, so a change of
+    light between the passes cannot pass for view-dependent colour; with 24 or more photos a pass, each
+    photo's nearest camera is one of its own pass.
+    """
+    first = n - n // 2
+    outer = ring_cameras(first, width, height, distortion=distortion)
+    inner = ring_cameras(n // 2, width, height, radius=1.8, elevation=0.62, distortion=distortion)
+    a = np.pi / max(n // 2, 1)  # half a step around the vertical axis
+    turn = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    inner_c2w = np.concatenate([turn @ inner.c2w[:, :, :3], (turn @ inner.c2w[:, :, 3:])], -1)
+    names = [f"{i:03d}.png" for i in range(n)]
+    return Cameras.create(np.concatenate([outer.K, inner.K]), np.concatenate([outer.c2w, inner_c2w]),
+                          [width] * n, [height] * n, names, names, np.concatenate([outer.dist, inner.dist]))
 
 
 def intruder_of(cameras: Cameras, i: int) -> tuple[np.ndarray, float] | None:
-    """The passer-by of camera ``i`` (every third camera, from the second on): a sphere 1.2 units in front of
+    """The passer-by of camera ``i`` (every third camera, from the third on): a sphere 1.2 units in front of
     it, off its axis (its position differs in every view, so it belongs to no consistent scene)."""
-    if i % 3 != 1:
+    if i % 3 != 2:
         return None
     c2w = cameras.c2w[i]
     return c2w[:, 3] + c2w[:, :3] @ np.array([0.25, 0.1, 1.2]), 0.22
@@ -292,7 +314,8 @@ def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width
         progress: optional callable called once per rendered image.
         texture: add non-repeating surface detail, so that feature matchers (SIFT) find
             distinct points; the plain scene's checkers repeat too regularly for them.
-        exposure: photos vary in exposure by up to this many stops (:func:`exposure_gains`).
+        exposure: the capture is walked twice (:func:`two_pass_cameras`) and the light changes by this
+            many stops between the passes (:func:`exposure_gains`); 0: one pass, one exposure.
         intruders: a passer-by (a magenta sphere) in every third photo (:func:`intruder_of`), and
             ``masks/NAME.png`` for those photos (0 where it is: the pixels to ignore).
     Returns:
@@ -330,7 +353,8 @@ def _write_example(out: Path, fmt: str, n_images: int, width: int, height: int, 
     out.mkdir(parents=True, exist_ok=True)
     # first: the folder is an example's (a killed run can be run again); "complete" once all is written
     atomic_write_text(out / "example.json", json.dumps({**info, "complete": False}, indent=2) + "\n")
-    cams = ring_cameras(n_images, width, height, distortion=distortion)
+    cams = (two_pass_cameras(n_images, width, height, distortion) if exposure
+            else ring_cameras(n_images, width, height, distortion=distortion))
     rel = [image_relpath(fmt, n) for n in cams.names]
     depth_ranges = []
     gains = exposure_gains(len(cams), exposure)

@@ -18,6 +18,7 @@ from .cameras import Cameras, check_intrinsics, check_poses, normalize_poses, sp
 from .formats import read_cameras
 from ..core.progress import warn
 from .images import image_size
+from .masks import find_masks, mask_candidates
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,12 @@ class Scene:
     camera_files: tuple[Path, ...]
     image_source: dict | None = None
     """How the cached images were made (:func:`image_source`); None when the images were not checked."""
+    masks: tuple[Path | None, ...] = ()
+    """The mask of each camera's image (None: used whole); empty when the dataset has none."""
+
+    @property
+    def n_masks(self) -> int:
+        return sum(m is not None for m in self.masks)
 
     def describe(self, root: Path) -> str:
         """``colmap (sparse/0/images.bin; images in images_4/)``: what was read, for the user."""
@@ -104,7 +111,13 @@ def load_scene(folder: str | Path, data: DataConfig, check_images: bool = True) 
     if len(train) == 0:
         raise UserError(f"{folder}: no training images left ({len(cams)} images, test_every={data.test_every})",
                         hint="use more images, a smaller frame_interval, or test_every=0")
-    return Scene(cams, source_w, source_h, transform, train, test, fmt, tuple(files), source_info)
+    masks = find_masks(folder, cams.image_paths) if data.masks == "auto" else ()
+    if masks and not any(m is not None for m in masks):
+        where = mask_candidates(folder, cams.image_paths[0])
+        warn(f"{folder / 'masks'} holds no mask of these images (that of {Path(cams.image_paths[0]).name} would "
+             f"be {where[0] if where else 'masks/<its name>.png'}); every pixel is used")
+    masks = masks if any(m is not None for m in masks) else ()
+    return Scene(cams, source_w, source_h, transform, train, test, fmt, tuple(files), source_info, masks)
 
 
 def image_source(folder: Path, cams: Cameras, as_is: np.ndarray, read: list[tuple[int, int]]) -> dict:

@@ -13,6 +13,7 @@ from ..core.errors import UserError
 from ..core.progress import info, progress_bar
 from ..data.cache import RayCache
 from ..data.images import read_image, resize_area
+from ..data.masks import mask_for_image, read_mask
 from ..runs.writers import to_uint8, write_png
 from ..runs.load import LoadedRun
 from ..runs.views import render_image
@@ -72,11 +73,15 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
             rgb = metrics.quantize(img["rgb"]) if ec.quantize else np.clip(img["rgb"], 0, 1).astype(np.float64)
             gt, source, read = ground_truth(loaded, cache.test_image(k) if cache else None, int(i), v.width,
                                             v.height)
+            keep = scored_pixels(loaded, cache, k, int(i), v.width, v.height, source)
             sources.add(source)
             first_read = read if k == 0 else first_read
-            row = {"name": loaded.cameras.names[i], "psnr": metrics.psnr(rgb, gt), "ssim": metrics.ssim(rgb, gt)}
-            if scorer is not None:
-                row["lpips"] = scorer(rgb, gt)
+            row = {"name": loaded.cameras.names[i], "psnr": metrics.psnr(rgb, gt, keep),
+                   "ssim": metrics.ssim(rgb, gt, keep=keep)}
+            if scorer is not None:  # masked pixels taken from the photo: no difference there
+                row["lpips"] = scorer(rgb if keep is None else np.where(keep[..., None], rgb, gt), gt)
+            if keep is not None:
+                row["masked"] = round(float(1 - keep.mean()), 6)
             rows.append(row)
             _write_panel(out / "images" / f"{Path(row['name']).stem}.png", gt, rgb)
             bar.advance()
@@ -86,11 +91,29 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
               "config_hash": config_hash(loaded.cfg), "views": len(rows), "mean": mean, "per_image": rows}
     used = [views[0].width, views[0].height]
     result["protocol"] = _protocol(loaded, split, result, sources, (first_read, used), lpips_line, scorer)
+    masked = [r["masked"] for r in rows if "masked" in r]
+    if masked:
+        result["protocol"]["masks"] = {
+            "views": len(masked), "ignored_pixels": float(np.sum(masked) / len(rows)),
+            "how": "PSNR and SSIM over the unmasked pixels (SSIM: the windows centred on them); LPIPS with the "
+                   "masked pixels taken from the photo"}
     if loaded.model.images.codes is not None:  # which image's appearance each view was rendered with
         result["protocol"]["appearance"] = {"codes": "the nearest training camera's (its own for a training view)",
                                             "used": appearance}
     write_report(out, result)
     return result
+
+
+def scored_pixels(loaded: LoadedRun, cache, k: int, index: int, width: int, height: int, source: str
+                  ) -> np.ndarray | None:
+    """(H, W) bool: the pixels of view ``index`` to score (its mask), None for all. From the cache with its
+    held-out photo, else the photo's mask in the dataset (``masks/``), unless ``data.masks`` is none."""
+    if loaded.cfg.data.masks == "none":
+        return None
+    if source == "cache":
+        return cache.test_mask(k)
+    path = mask_for_image(loaded.cameras.image_paths[index])
+    return None if path is None else read_mask(path, width, height)
 
 
 def appearance_for(loaded: LoadedRun, index: int, split: str) -> tuple["torch.Tensor | None", str | None]:

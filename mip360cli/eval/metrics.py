@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from ..core.errors import UserError
 
 
-def psnr(img: np.ndarray, gt: np.ndarray) -> float:
-    """``-10 log10(MSE)`` of images in [0, 1] (any shape)."""
-    mse = float(np.mean((np.asarray(img, np.float64) - np.asarray(gt, np.float64)) ** 2))
+def psnr(img: np.ndarray, gt: np.ndarray, keep: np.ndarray | None = None) -> float:
+    """``-10 log10(MSE)`` of images in [0, 1] (any shape); ``keep`` (H, W) bool: only over those pixels."""
+    err = (np.asarray(img, np.float64) - np.asarray(gt, np.float64)) ** 2
+    mse = float(np.mean(err if keep is None else err[keep]))
     return float("inf") if mse == 0 else -10 * math.log10(mse)
 
 
@@ -36,11 +37,12 @@ def gaussian_filter(size: int = 11, sigma: float = 1.5) -> np.ndarray:
 
 
 def ssim(img: np.ndarray, gt: np.ndarray, max_val: float = 1.0, size: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> float:
+         k1: float = 0.01, k2: float = 0.03, keep: np.ndarray | None = None) -> float:
     """Mean SSIM over pixels and channels: Gaussian window, 'valid' filtering, per channel.
 
     Args:
         img, gt: (H, W, C) or (H, W) images in [0, max_val].
+        keep: (H, W) bool: the mean only over the windows centred on these pixels.
     """
     a = torch.as_tensor(np.asarray(img, np.float64))
     b = torch.as_tensor(np.asarray(gt, np.float64))
@@ -64,4 +66,9 @@ def ssim(img: np.ndarray, gt: np.ndarray, max_val: float = 1.0, size: int = 11, 
     s01 = torch.sign(s01) * torch.minimum(torch.sqrt(s00 * s11), s01.abs())
     c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
     ssim_map = ((2 * mu01 + c1) * (2 * s01 + c2)) / ((mu00 + mu11 + c1) * (s00 + s11 + c2))
-    return float(ssim_map.mean())
+    if keep is None:
+        return float(ssim_map.mean())
+    h, w = ssim_map.shape[-2:]
+    lo = size // 2
+    centres = torch.as_tensor(np.asarray(keep)[lo:lo + h, lo:lo + w])
+    return float(ssim_map[..., centres].mean()) if centres.any() else float("nan")

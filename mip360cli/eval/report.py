@@ -53,7 +53,8 @@ def write_report(out: Path, result: dict) -> None:
     """metrics.json and per_image.csv in ``out``, atomically."""
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     buf = io.StringIO()
-    fields = ["name", "psnr", "ssim"] + (["lpips"] if result["mean"].get("lpips") is not None else [])
+    fields = ["name", "psnr", "ssim"] + (["lpips"] if result["mean"].get("lpips") is not None else []) + (
+        ["masked"] if any("masked" in r for r in result["per_image"]) else [])
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(result["per_image"])

@@ -196,7 +196,10 @@ def training_bytes(cfg: ModelConfig, batch_rays: int, value_bytes: int, recomput
     point = PointEncoding(cfg.encoding).dim
     nerf = cfg.nerf.samples * (point + cfg.nerf.width * (cfg.nerf.depth + 1) + cfg.nerf.bottleneck)
     prop = 0 if recompute_proposal else sum(cfg.prop.samples) * (point + cfg.prop.width * cfg.prop.depth)
-    return 16.0 * parameter_count(cfg) + float(batch_rays) * (nerf + prop) * value_bytes
+    # the integrated encoding keeps each sample's covariances (before and after contraction) and its
+    # variances and damping factors, in float32
+    gaussians = 4 * (9 + 9 + 2 * point) * (sum(cfg.prop.samples) + cfg.nerf.samples) if cfg.encoding.integrated else 0
+    return 16.0 * parameter_count(cfg) + float(batch_rays) * ((nerf + prop) * value_bytes + gaussians)
 
 
 GPU_CHUNK_RAYS = 8192

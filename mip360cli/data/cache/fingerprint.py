@@ -26,7 +26,7 @@ OPTION_KEYS = {
     "format": "data.format", "ratio": "data.ratio", "frame_interval": "data.frame_interval",
     "test_every": "data.test_every", "easymocap_frame": "data.easymocap_frame", "alpha": "data.alpha",
     "alpha_background": "data.alpha_background", "bucket_rays": "cache.bucket_rays", "seed": "cache.seed",
-    "compression": "cache.compression",
+    "compression": "cache.compression", "masks": "data.masks",
 }
 
 
@@ -38,11 +38,15 @@ def option_fields(data: DataConfig, cache: CacheConfig) -> Iterator[tuple[str, s
         yield name, key, sections[section], field
 
 
-def cache_options(data: DataConfig, cache: CacheConfig, fmt: str) -> dict:
-    """The options that change what the cache holds (``fmt``: the format actually read)."""
+def cache_options(data: DataConfig, cache: CacheConfig, fmt: str, n_masks: int = 0) -> dict:
+    """The options that change what the cache holds (``fmt``: the format actually read; ``n_masks``: images
+    with a mask). ``masks`` is left out while it is ``auto`` and no image has a mask: a dataset without masks
+    keeps the fingerprint of the versions before them."""
     options = {"version": LAYOUT_VERSION}
     options.update({name: getattr(obj, field) for name, _, obj, field in option_fields(data, cache)})
     options["format"] = fmt
+    if options["masks"] == "auto" and not n_masks:
+        del options["masks"]
     return options
 
 
@@ -107,7 +111,7 @@ def file_hash(path: Path | None = None, data: bytes | np.ndarray | None = None) 
 def input_files(scene: Scene, root: Path) -> list[tuple[str, Path]]:
     """(name, path) of every camera file and selected image; names relative to ``root`` when inside it."""
     out = []
-    for p in (*scene.camera_files, *scene.cameras.image_paths):
+    for p in (*scene.camera_files, *scene.cameras.image_paths, *(m for m in scene.masks if m is not None)):
         try:
             name = str(Path(p).resolve().relative_to(root.resolve()))
         except ValueError:

@@ -75,6 +75,8 @@ class RayCache:
         if not isinstance(self.options, dict):
             raise self.damaged("its options are not a JSON object")
         self.format = str(a["format"])
+        self.masked = self.options.get("masks") == "auto"
+        """Whether masks took pixels out (its rays are then fewer than its training pixels)."""
         self.image_source = _json_dict(a.get("image_source"))
         """How its images were made (``data.scene.image_source``), None when not recorded."""
         g = self.file["rays"]
@@ -109,12 +111,15 @@ class RayCache:
         if len(self.train) == 0 or split.min() < 0 or split.max() >= len(cams) or len(np.unique(split)) != len(split):
             raise self.damaged(f"its split names cameras outside the {len(cams)} it holds, or one twice")
         pixels = cams.width[self.train] * cams.height[self.train]
-        if not np.array_equal(self.ray_offsets, np.concatenate([[0], np.cumsum(pixels)])) or n != self.ray_offsets[-1]:
+        # ray ids are pixel ids: with masks, the masked pixels' ids are not among the rays
+        if not np.array_equal(self.ray_offsets, np.concatenate([[0], np.cumsum(pixels)])) or (
+                n > self.ray_offsets[-1] if self.masked else n != self.ray_offsets[-1]):
             raise self.damaged("its ray offsets do not match its training cameras' pixels")
         bo = self.bucket_offsets
         if B < 1 or len(bo) != B + 1 or bo[0] != 0 or bo[-1] != n or np.any(np.diff(bo) < 0):
             raise self.damaged(f"its {B} bucket offsets are not in order from 0 to its {n:,} rays")
-        if len(self.bucket_first_id) != B or np.any((self.bucket_first_id < 0) | (self.bucket_first_id >= n)):
+        ids = self.ray_offsets[-1]
+        if len(self.bucket_first_id) != B or np.any((self.bucket_first_id < 0) | (self.bucket_first_id >= ids)):
             raise self.damaged("a bucket's first ray id is outside its rays")
         ov = self.overflow_row
         if len(ov) != len(self.overflow_gap) or (len(ov) and (ov.min() < 0 or ov.max() >= n or
@@ -156,13 +161,30 @@ class RayCache:
             raise self.damaged(f"bucket {b} of {self.n_buckets} does not match its checksum")
         a, z = np.searchsorted(self.overflow_row, [lo, hi])
         ids = decode_ids(gaps, self.bucket_first_id[b], self.overflow_row[a:z] - lo, self.overflow_gap[a:z])
-        if len(ids) and (ids[0] < 0 or ids[-1] >= self.n_rays):
+        if len(ids) and (ids[0] < 0 or ids[-1] >= self.ray_offsets[-1]):
             raise self.damaged(f"bucket {b} of {self.n_buckets} holds ray ids outside its rays")
         j = np.searchsorted(self.ray_offsets, ids, side="right") - 1
         pix = ids - self.ray_offsets[j]
         camera = self.train[j]
         width = self.cameras.width[camera]
         return camera, pix % width, pix // width, rgb
+
+    def test_mask(self, k: int) -> np.ndarray | None:
+        """The mask of held-out image ``k``: (H, W) bool, True where it is scored; None when it has none."""
+        name = f"test/masks/{k:05d}"
+        if name not in self.file:
+            return None
+        i = int(self.test[k])
+        shape = (int(self.cameras.height[i]), int(self.cameras.width[i]))
+        try:
+            ds = self.file[name]
+            keep = ds[:]
+        except OSError as e:
+            raise self.damaged(f"the mask of held-out image {k} cannot be read ({type(e).__name__})") from None
+        if keep.shape != shape or keep.dtype != np.uint8 or crc32(keep) != int(ds.attrs.get("crc32", -1)):
+            raise self.damaged(f"the mask of held-out image {k} is not its image's shape or does not match its "
+                               "checksum")
+        return keep > 0
 
     def test_image(self, k: int) -> np.ndarray:
         """Held-out image ``k`` (camera ``test[k]``): (H, W, 3) uint8, checked against its CRC-32."""

@@ -22,8 +22,8 @@ import numpy as np
 BUFFER_BYTES_PER_RAY = 32
 
 
-def bucket_sort_image(pixels: int, n_buckets: int, seed: int, index: int, rgb: np.ndarray, id_dtype
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bucket_sort_image(pixels: int, n_buckets: int, seed: int, index: int, rgb: np.ndarray, id_dtype,
+                      keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Give each pixel of one image a random bucket and order the pixels by bucket.
 
     Runs in the decoding threads (numpy's sort and take release the GIL). The
@@ -32,12 +32,17 @@ def bucket_sort_image(pixels: int, n_buckets: int, seed: int, index: int, rgb: n
 
     Args:
         rgb: (P, 3) uint8 colors of the image's pixels in raster order.
+        keep: (P,) bool, the pixels to keep (a mask), or None for all. Every pixel draws its bucket
+            either way, so an image's kept pixels go where they would without the mask.
     Returns:
-        pix: (P,) pixel indices ordered by bucket; rgb: (P, 3) likewise; counts: (B,) rays per bucket.
+        pix: (K,) kept pixel indices ordered by bucket; rgb: (K, 3) likewise; counts: (B,) rays per bucket.
     """
     label_dtype = np.uint16 if n_buckets <= 2**16 else np.int32
     labels = np.random.default_rng([seed, index]).integers(0, n_buckets, pixels, dtype=label_dtype)
     order = np.argsort(labels, kind="stable")  # a radix sort for uint16 labels
+    if keep is not None:
+        order = order[keep[order]]
+        labels = labels[keep]
     counts = np.bincount(labels, minlength=n_buckets)
     return order.astype(id_dtype), np.take(rgb, order, axis=0), counts
 

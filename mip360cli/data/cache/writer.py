@@ -19,6 +19,7 @@ from ...core.files import atomic_path, ensure_writable_dir, leftover_temp_files,
 from ...core.progress import info, progress_bar
 from ...core.version import __version__
 from ..images import check_image_file, decode_image, resize_area
+from ..masks import decode_mask
 from ..scene import Scene, check_image_size, load_scene
 from . import shuffle
 from .fingerprint import (adopt_cache_options, cache_options, check_cache, file_hash, fingerprint, input_files,
@@ -95,7 +96,7 @@ def build_cache(folder: str | Path, data: DataConfig, cache: CacheConfig, out: s
 
 def _build_locked(folder: Path, path: Path, scene: Scene, data: DataConfig, cache: CacheConfig, force: bool,
                   explicit: set[str] | None) -> CacheSummary:
-    options = cache_options(data, cache, scene.format)
+    options = cache_options(data, cache, scene.format, scene.n_masks)
     reasons, records = check_cache(path, options, input_files(scene, folder), explicit or frozenset())
     summary = dict(path=path, images=len(scene.cameras), train_images=len(scene.train),
                    test_images=len(scene.test), format=scene.format, source=scene.describe(folder),
@@ -182,27 +183,62 @@ def _write_cameras(f: h5py.File, scene: Scene) -> None:
     f.create_dataset("transform", data=scene.transform)
 
 
+class SceneMasks:
+    """The masks of a scene's images, read at the size the cache holds; each file's [size, mtime_ns, hash] goes
+    into its fingerprint record as it is read."""
+
+    def __init__(self, scene: Scene, records: list):
+        self.scene, self.records = scene, records
+        self.row: dict[int, int] = {}  # camera -> its mask's record
+        row = len(scene.camera_files) + len(scene.cameras)
+        for i, m in enumerate(scene.masks):
+            if m is not None:
+                self.row[i], row = row, row + 1
+
+    def keep(self, i: int) -> np.ndarray | None:
+        """(H, W) bool: the pixels of camera ``i`` to use; None when it has no mask."""
+        if i not in self.row:
+            return None
+        path, cams = self.scene.masks[i], self.scene.cameras
+        check_image_file(path)
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            data = np.frombuffer(fh.read(), dtype=np.uint8)
+        self.records[self.row[i]][1:] = [st.st_size, st.st_mtime_ns, file_hash(data=data)]
+        return decode_mask(data, path, int(cams.width[i]), int(cams.height[i]))
+
+
 def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, records: list) -> int:
     cams = scene.cameras
     train = scene.train
     pixels = cams.pixels[train].astype(np.uint64)
-    ray_offsets = np.concatenate([[0], np.cumsum(pixels)]).astype(np.uint64)
-    n_rays = int(ray_offsets[-1])
+    ray_offsets = np.concatenate([[0], np.cumsum(pixels)]).astype(np.uint64)  # ray ids are pixel ids
+    masks = SceneMasks(scene, records)
+    kept = pixels.copy()
+    if masks.row:  # the rays are the unmasked pixels: counted first (masks are small), to size the datasets
+        with progress_bar("reading masks", len(masks.row), "masks") as bar:
+            for j, i in enumerate(train):
+                if int(i) in masks.row:
+                    kept[j] = int(masks.keep(int(i)).sum())
+                    bar.advance()
+    n_rays = int(kept.sum())
     n_buckets = max(1, -(-n_rays // cache.bucket_rays))
     buffer_rays = max(cache.memory_mb * 2**20 // shuffle.BUFFER_BYTES_PER_RAY, 1)
-    id_dtype = np.uint32 if n_rays < 2**32 else np.uint64
+    id_dtype = np.uint32 if int(ray_offsets[-1]) < 2**32 else np.uint64
     filters = _FILTERS[cache.compression]
     train_pos = {int(i): j for j, i in enumerate(train)}
     blocks = BucketBlocks(n_buckets, id_dtype, tmp.with_name(tmp.name + ".runs.partial"))
-    n_camera_files = len(records) - len(cams)
+    n_camera_files = len(scene.camera_files)
 
     def decode(i: int) -> tuple:
         img, stat = decode_for_cache(scene, i, options)
         records[n_camera_files + i][1:] = stat  # the fingerprint describes the bytes actually cached
+        keep = masks.keep(i)
         if i not in train_pos:
-            return i, img, None
+            return i, (img, keep), None
         j = train_pos[i]  # the decoded image is dropped here: only its bucket-sorted copy travels on
-        return i, None, bucket_sort_image(int(pixels[j]), n_buckets, cache.seed, j, img.reshape(-1, 3), id_dtype)
+        return i, None, bucket_sort_image(int(pixels[j]), n_buckets, cache.seed, j, img.reshape(-1, 3), id_dtype,
+                                          None if keep is None else keep.reshape(-1))
 
     try:
         with h5py.File(tmp, "w") as f:
@@ -225,9 +261,14 @@ def _write_cache(tmp: Path, scene: Scene, cache: CacheConfig, options: dict, rec
                             blocks.add(buf, spill=True)
                             buf, buffered = [], 0
                     else:
-                        ds = test_group.create_dataset(f"{int(np.searchsorted(scene.test, i)):05d}", data=img,
-                                                       chunks=True, **_FILTERS["lzf"])
+                        img, keep = img
+                        k = f"{int(np.searchsorted(scene.test, i)):05d}"
+                        ds = test_group.create_dataset(k, data=img, chunks=True, **_FILTERS["lzf"])
                         ds.attrs["crc32"] = crc32(img)
+                        if keep is not None:  # eval scores only its unmasked pixels
+                            keep = keep.astype(np.uint8)
+                            ds = f.create_dataset(f"test/masks/{k}", data=keep, chunks=True, **_FILTERS["lzf"])
+                            ds.attrs["crc32"] = crc32(keep)
                     trim_heap()
                     bar.advance()
             if buf:

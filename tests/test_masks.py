@@ -1,0 +1,122 @@
+"""Masks (``masks/`` beside ``images/``, 0 = ignore): found for every format, never in the cache, not scored."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import TRAIN_FAST, run_cli
+from mip360cli.config import CacheConfig, DataConfig
+from mip360cli.core.errors import UserError
+from mip360cli.data.cache import RayCache, build_cache
+from mip360cli.data.cache.fingerprint import cache_options
+from mip360cli.data.example import make_example
+from mip360cli.data.masks import decode_mask, find_masks, mask_candidates
+
+
+@pytest.fixture(scope="module")
+def passers_by(tmp_path_factory):
+    """The conftest scene (16 views of 32x24) with a passer-by in every third photo, masked there."""
+    root = tmp_path_factory.mktemp("masked")
+    make_example(root / "scene", "colmap", 16, 32, 24, intruders=True)
+    return root / "scene"
+
+
+def _pixels(cache: RayCache) -> dict:
+    out = {}
+    for b in range(cache.n_buckets):
+        cam, u, v, rgb = cache.read_bucket(b)
+        out.update({(int(c), int(x), int(y)): tuple(p) for c, x, y, p in zip(cam, u, v, rgb)})
+    return out
+
+
+def test_masked_pixels_never_enter_the_cache_and_the_rest_is_the_scene_without_them(passers_by, scenes, tmp_path):
+    masked = build_cache(passers_by, DataConfig(), CacheConfig(bucket_rays=2048), out=tmp_path / "masked.h5")
+    clean = build_cache(scenes["colmap"], DataConfig(), CacheConfig(bucket_rays=2048), out=tmp_path / "clean.h5")
+    whole = build_cache(passers_by, DataConfig(masks="none"), CacheConfig(bucket_rays=2048), out=tmp_path / "all.h5")
+    masks = sorted((passers_by / "masks").glob("*.png"))
+    assert [m.stem for m in masks] == ["002", "005", "008", "011", "014"]
+    ignored = sum(int((cv2.imread(str(m), cv2.IMREAD_UNCHANGED) == 0).sum()) for m in masks if m.stem != "008")
+    assert ignored > 100
+    assert masked.rays == clean.rays - ignored and whole.rays == clean.rays
+    with RayCache(masked.path) as a, RayCache(clean.path) as b:
+        got, ref = _pixels(a), _pixels(b)
+        assert a.masked and not b.masked
+        assert len(got) == masked.rays and all(ref[k] == v for k, v in got.items())  # the same rays, no others
+        assert a.test_mask(0) is None and a.test_mask(1) is not None and not a.test_mask(1).all()
+
+
+def test_a_scene_without_masks_keeps_its_fingerprint():
+    options = cache_options(DataConfig(), CacheConfig(), "colmap")
+    assert "masks" not in options and "masks" in cache_options(DataConfig(), CacheConfig(), "colmap", n_masks=2)
+    assert cache_options(DataConfig(masks="none"), CacheConfig(), "colmap")["masks"] == "none"
+
+
+@pytest.mark.parametrize("fmt", ["llff", "transforms", "easymocap"])
+def test_masks_are_found_for_every_format(fmt, tmp_path):
+    make_example(tmp_path / fmt, fmt, 16, 32, 24, intruders=True)
+    summary = build_cache(tmp_path / fmt, DataConfig(), CacheConfig(bucket_rays=2048), out=tmp_path / "c.h5")
+    assert summary.rays < 14 * 32 * 24
+    with RayCache(summary.path) as c:
+        assert c.masked
+
+
+def test_mask_names_and_sizes(tmp_path):
+    root = tmp_path / "data"
+    (root / "images_4").mkdir(parents=True)
+    (root / "masks").mkdir()
+    img = root / "images_4" / "IMG_1.JPG"
+    img.write_bytes(b"")
+    assert mask_candidates(root, img) == [root / "masks/IMG_1.png", root / "masks/IMG_1.JPG.png"]
+    cv2.imwrite(str(root / "masks/IMG_1.JPG.png"), np.full((8, 12), 255, np.uint8))  # COLMAP's naming
+    assert find_masks(root, (img,)) == (root / "masks/IMG_1.JPG.png",)
+    full = np.full((40, 64), 255, np.uint8)
+    full[10:14, 20:22] = 0  # a full-size mask for a 16x10 image: any masked part masks the pixel
+    keep = decode_mask(cv2.imencode(".png", full)[1], root / "m.png", 16, 10)
+    assert keep.shape == (10, 16) and (~keep).sum() == 2 and not keep[2:4, 5].any()
+    with pytest.raises(UserError, match="not the shape"):
+        decode_mask(cv2.imencode(".png", full)[1], root / "m.png", 16, 16)
+    with pytest.raises(UserError, match="cannot decode mask"):
+        decode_mask(np.frombuffer(b"not a png", np.uint8), root / "m.png", 16, 10)
+
+
+def test_a_new_or_changed_mask_rebuilds_the_cache(passers_by, tmp_path, capsys):
+    scene = tmp_path / "scene"
+    shutil.copytree(passers_by, scene)
+    first = build_cache(scene, DataConfig(), CacheConfig(bucket_rays=2048))
+    keep = np.full((24, 32), 255, np.uint8)
+    keep[:5] = 0
+    cv2.imwrite(str(scene / "masks/000.png"), keep)
+    second = build_cache(scene, DataConfig(), CacheConfig(bucket_rays=2048))
+    assert second.status == "built" and any("added: masks/000.png" in r for r in second.reasons)
+    assert second.rays == first.rays  # 000 is held out: scored without its top rows, not trained on
+    cv2.imwrite(str(scene / "masks/002.png"), keep)
+    third = build_cache(scene, DataConfig(), CacheConfig(bucket_rays=2048))
+    assert any("modified: masks/002.png" in r for r in third.reasons) and third.rays != second.rays
+
+
+def test_eval_does_not_score_masked_pixels(passers_by, tmp_path, capsys):
+    scene = tmp_path / "scene"
+    shutil.copytree(passers_by, scene)
+    run = tmp_path / "run"
+    assert run_cli(["train", scene, "--run", run, *TRAIN_FAST], capsys)[0] == 0
+    code, out, err = run_cli(["eval", run], capsys)
+    assert code == 0, err
+    result = json.loads((run / "eval/metrics.json").read_text())
+    rows = {r["name"]: r for r in result["per_image"]}
+    assert "masked" not in rows["000.png"] and 0 < rows["008.png"]["masked"] < 0.5
+    assert result["protocol"]["masks"]["views"] == 1
+    # the score of 008 is that of its unmasked pixels: painting the masked ones changes nothing
+    from mip360cli.eval import metrics
+
+    photo = cv2.cvtColor(cv2.imread(str(scene / "images/008.png")), cv2.COLOR_BGR2RGB) / 255.0
+    keep = cv2.imread(str(scene / "masks/008.png"), cv2.IMREAD_UNCHANGED) > 0
+    panel = cv2.cvtColor(cv2.imread(str(run / "eval/images/008.png")), cv2.COLOR_BGR2RGB) / 255.0
+    render = panel[:, 32:64]
+    assert metrics.psnr(render, photo, keep) == pytest.approx(rows["008.png"]["psnr"], abs=1e-6)
+    assert metrics.psnr(render, np.where(keep[..., None], photo, 0), keep) == pytest.approx(rows["008.png"]["psnr"])
+    assert metrics.psnr(render, photo) != pytest.approx(rows["008.png"]["psnr"], abs=0.01)

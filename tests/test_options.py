@@ -150,3 +150,24 @@ def test_pose_refinement_corrects_a_perturbed_camera(trained_example):
     assert before[0] == pytest.approx(0.5, abs=1e-3) and before[1] == pytest.approx(0.01, rel=1e-3)
     # measured: 0.50 -> 0.09 degrees, 1.0% -> 0.13% of the radius in 60 steps
     assert after[0] < 0.3 * before[0] and after[1] < 0.3 * before[1], (before, after)
+
+
+def test_appearance_codes_absorb_a_change_of_light(tmp_path):
+    """The example walked twice while the light changes by one stop (``--exposure 1``): with appearance codes
+    the held-out PSNR is clearly higher than without. 48 views of 32x24, 400 tiny steps each."""
+    from mip360cli.config import CacheConfig, DataConfig, load_config
+    from mip360cli.data.cache import build_cache
+    from mip360cli.eval.evaluate import evaluate
+    from mip360cli.runs.load import load_run
+    from mip360cli.train.loop import train
+
+    make_example(tmp_path / "scene", "colmap", 48, 32, 24, exposure=1.0)
+    cache = build_cache(tmp_path / "scene", DataConfig(), CacheConfig(bucket_rays=4096), out=tmp_path / "c.h5").path
+    psnr = {}
+    for dim in (0, 4):
+        train(cache, tmp_path / f"dim{dim}", load_config("tiny", ["train.max_steps=400", "train.val_every=0",
+                                                                   f"model.appearance.dim={dim}"]))
+        result = evaluate(load_run(tmp_path / f"dim{dim}", device="cpu"), "test", None)
+        psnr[dim] = result["mean"]["psnr"]
+    # measured: 17.8 -> 19.5 and 17.6 -> 19.4 dB (seeds 0 and 1); 17.8/18.2 -> 21.0 dB at 48x36 and 600 steps
+    assert psnr[4] > psnr[0] + 1.0, psnr

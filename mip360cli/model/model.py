@@ -248,16 +248,18 @@ def render_rays(model: Mip360, origins: torch.Tensor, directions: torch.Tensor, 
     if pad_to is None:
         pad_to = min(chunk, n) if getattr(model, "compiled", False) else 0
     out: dict[str, list[torch.Tensor]] = {"rgb": [], "acc": [], "mean_depth": [], "median_depth": []}
-    if radii is None and model.integrated:
+    integrated = getattr(model, "integrated", False)
+    if radii is None and integrated:
         raise ValueError("the integrated encoding needs the rays' radii")
-    per_ray = (origins, directions, viewdirs) if radii is None else (origins, directions, viewdirs, radii[:, None])
+    per_ray = (origins, directions, viewdirs, radii[:, None]) if integrated else (origins, directions, viewdirs)
+    extra = {} if code is None else {"code": code}
     with torch.inference_mode():
         for a in range(0, n, chunk):
             rays = [x[a:a + chunk] for x in per_ray]
             real = rays[0].shape[0]
             if real < pad_to:
                 rays = [torch.cat([x, x[-1:].expand(pad_to - real, x.shape[1])]) for x in rays]
-            last = model(*rays[:3], radii=rays[3][:, 0] if len(rays) > 3 else None, code=code)[-1]
+            last = model(*rays[:3], **extra, **({"radii": rays[3][:, 0]} if integrated else {}))[-1]
             out["rgb"].append(last.rgb[:real])
             out["acc"].append(last.weights.sum(-1)[:real])
             if depth:

@@ -226,6 +226,10 @@ def train_cmd(
 
     With --gpus N (or --nnodes) the command re-launches itself through
     torch.distributed.run: DDP with NCCL on GPUs, gloo on CPUs.
+
+    For real captures: model.appearance.dim=4 (exposure changing between photos),
+    train.refine_cameras=true (imperfect poses), model.encoding.integrated=true
+    (the paper's anti-aliased encoding); masks/ beside images/ are used when there.
     """
     from .config import explicit_keys, load_config
     from .core import distributed

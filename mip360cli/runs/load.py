@@ -17,7 +17,7 @@ import torch
 from ..config import Config, load_config
 from ..core.device import compile_enabled, mlp_dtype, resolve_device
 from ..core.errors import UserError
-from ..data.cameras import Cameras
+from ..data.cameras import Cameras, similarity_alignment
 from ..model.model import Mip360, load_plain_state
 from ..model.per_image import correct_poses
 from . import checkpoints as ckpt
@@ -113,15 +113,26 @@ class LoadedRun:
 
 def refined_cameras(model: Mip360, cameras: Cameras, train: np.ndarray) -> Cameras:
     """``cameras`` with the model's pose corrections applied to its training cameras (``train.refine_cameras``);
-    as they are without corrections. Held-out cameras keep their poses."""
+    as they are without corrections.
+
+    Held-out cameras are not refined one by one (as in nerfacto), but they follow the frame the training
+    cameras moved to together: the similarity that best maps the training cameras' positions before
+    refinement onto those after is applied to them. Refinement is free to turn or shift the whole
+    reconstruction a little; without this, held-out views would be scored from beside where the scene now is.
+    """
     if model.images.pose_delta is None or len(train) == 0:
         return cameras
     with torch.no_grad():
         c2w = torch.as_tensor(cameras.c2w[train], dtype=torch.float64)
         corrected = correct_poses(c2w, model.images.pose_delta.detach().double().cpu()).numpy()
-    c2w = cameras.c2w.copy()
-    c2w[train] = corrected
-    return cameras.replace(c2w=c2w)
+    out = cameras.c2w.copy()
+    out[train] = corrected
+    held = np.setdiff1d(np.arange(len(cameras)), train)
+    if len(held) and len(train) >= 3:
+        s, R, t = similarity_alignment(cameras.c2w[train, :, 3], corrected[:, :, 3])
+        out[held, :, :3] = R @ cameras.c2w[held, :, :3]
+        out[held, :, 3] = s * cameras.c2w[held, :, 3] @ R.T + t
+    return cameras.replace(c2w=out)
 
 
 def load_run(run: str | Path, checkpoint: str | Path | None = None, device: torch.device | str | None = None,

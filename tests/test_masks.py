@@ -157,3 +157,19 @@ def test_a_masked_passer_by_leaves_no_trace_in_the_model(tmp_path):
         excess[masks] = float(np.mean(values))
     # measured: 0.00 with masks, 0.11-0.26 without (600 steps of 64x48, two seeds)
     assert abs(excess["auto"]) < 0.03 and excess["none"] > 0.06, excess
+
+
+def test_eval_at_another_ratio_reads_the_masks_and_skips_a_view_masked_entirely(passers_by, tmp_path, capsys):
+    scene = tmp_path / "scene"
+    shutil.copytree(passers_by, scene)
+    run = tmp_path / "run"
+    assert run_cli(["train", scene, "--run", run, *TRAIN_FAST], capsys)[0] == 0
+    cv2.imwrite(str(scene / "masks/000.png"), np.zeros((24, 32), np.uint8))
+    code, out, err = run_cli(["eval", run, "--ratio", "0.5"], capsys)
+    assert code == 0, err
+    assert "000.png is masked entirely: not scored" in err
+    rows = json.loads((run / "eval/metrics.json").read_text())["per_image"]
+    assert [r["name"] for r in rows] == ["008.png"] and 0 < rows[0]["masked"] < 0.5
+    cv2.imwrite(str(scene / "masks/008.png"), np.zeros((24, 32), np.uint8))
+    code, out, err = run_cli(["eval", run, "--ratio", "0.5"], capsys)
+    assert code == 1 and "masked entirely: nothing to score" in err

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import config_hash
 from ..core.errors import UserError
-from ..core.progress import info, progress_bar
+from ..core.progress import info, progress_bar, warn
 from ..data.cache import RayCache
 from ..data.images import read_image, resize_area
 from ..data.masks import mask_for_image, read_mask
@@ -74,6 +74,10 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
             gt, source, read = ground_truth(loaded, cache.test_image(k) if cache else None, int(i), v.width,
                                             v.height)
             keep = scored_pixels(loaded, cache, k, int(i), v.width, v.height, source)
+            if keep is not None and not keep.any():
+                warn(f"view {loaded.cameras.names[i]} is masked entirely: not scored")
+                bar.advance()
+                continue
             sources.add(source)
             first_read = read if k == 0 else first_read
             row = {"name": loaded.cameras.names[i], "psnr": metrics.psnr(rgb, gt, keep),
@@ -85,6 +89,9 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
             rows.append(row)
             _write_panel(out / "images" / f"{Path(row['name']).stem}.png", gt, rgb)
             bar.advance()
+    if not rows:
+        raise UserError(f"every {split} view of {loaded.run} is masked entirely: nothing to score",
+                        hint="check the masks of the held-out photos (0 = ignore the pixel)")
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")}
     mean["lpips"] = float(np.mean([r["lpips"] for r in rows])) if scorer is not None else None
     result = {"split": split, "ratio": ratio or loaded.cfg.data.ratio, "step": loaded.step,

@@ -159,7 +159,7 @@ def test_pose_refinement_corrects_a_perturbed_camera(trained_example):
 
 def test_appearance_codes_absorb_a_change_of_light(tmp_path):
     """The example walked twice while the light changes by one stop (``--exposure 1``): with appearance codes
-    the held-out PSNR is clearly higher than without. 48 views of 32x24, 400 tiny steps each."""
+    the held-out PSNR is clearly higher than without. 48 views of 32x24, 300 tiny steps each."""
     from mip360cli.config import CacheConfig, DataConfig, load_config
     from mip360cli.data.cache import build_cache
     from mip360cli.eval.evaluate import evaluate
@@ -170,11 +170,12 @@ def test_appearance_codes_absorb_a_change_of_light(tmp_path):
     cache = build_cache(tmp_path / "scene", DataConfig(), CacheConfig(bucket_rays=4096), out=tmp_path / "c.h5").path
     psnr = {}
     for dim in (0, 4):
-        train(cache, tmp_path / f"dim{dim}", load_config("tiny", ["train.max_steps=400", "train.val_every=0",
+        train(cache, tmp_path / f"dim{dim}", load_config("tiny", ["train.max_steps=300", "train.val_every=0",
                                                                    f"model.appearance.dim={dim}"]))
         result = evaluate(load_run(tmp_path / f"dim{dim}", device="cpu"), "test", None)
         psnr[dim] = result["mean"]["psnr"]
-    # measured: 17.8 -> 19.5 and 17.6 -> 19.4 dB (seeds 0 and 1); 17.8/18.2 -> 21.0 dB at 48x36 and 600 steps
+    # measured: 17.26 -> 18.85 and 17.04 -> 19.02 dB (seeds 0 and 1; 400 steps: 17.8 -> 19.5, 17.6 -> 19.4;
+    # 48x36 and 600 steps: 17.8/18.2 -> 21.0)
     assert psnr[4] > psnr[0] + 1.0, psnr
 
 

@@ -181,8 +181,8 @@ class TrainConfig:
     less activation memory for a few percent more time."""
     refine_cameras: bool = False
     """Learn a correction (rotation and translation, in each camera's frame) of every training camera's
-    pose with the scene; render, eval and export use the refined cameras. Held-out cameras keep their
-    poses (as nerfacto's)."""
+    pose with the scene; render, eval and export use the refined cameras. Held-out cameras are not refined
+    one by one; they follow the training cameras' common motion (README: Options for real captures)."""
     camera_lr_init: float = 6e-4
     """Learning rate of the camera corrections (decayed log-linearly to ``camera_lr_final``)."""
     camera_lr_final: float = 6e-6

@@ -22,7 +22,8 @@ from ..core.errors import UserError
 from ..core.files import atomic_write_text, files_below, is_disk_full, refuse_foreign
 from .cameras import Cameras, look_at, undistort_pixels_cv2
 from .formats import READERS, colmap, easymocap, llff, transforms
-from .images import write_image, write_mask
+from .images import write_image
+from .masks import mask_candidates, write_mask
 
 FORMATS = tuple(READERS)
 ENCLOSURE_RADIUS = 12.0
@@ -275,11 +276,6 @@ def image_relpath(fmt: str, name: str) -> str:
     return f"images/{name}"
 
 
-def mask_relpath(image_rel: str) -> str:
-    """Where the mask of the image at ``image_rel`` goes: ``masks/`` in place of ``images/``, as PNG."""
-    return str(Path("masks", *Path(image_rel).parts[1:]).with_suffix(".png"))
-
-
 MAX_SIDE = 8192
 MAX_IMAGES = 10_000
 
@@ -363,7 +359,7 @@ def _write_example(out: Path, fmt: str, n_images: int, width: int, height: int, 
         img, depth, covered = render_view(cams, i, texture, float(gains[i]), intruder)
         write_image(out / rel[i], img)
         if intruder is not None:
-            write_mask(out / mask_relpath(rel[i]), ~covered)
+            write_mask(mask_candidates(out, out / rel[i])[0], ~covered)  # masks/ in place of images/
         (out / "depth").mkdir(exist_ok=True)
         np.save(out / "depth" / f"{Path(cams.names[i]).stem}.npy", depth)
         depth_ranges.append((float(depth.min()), float(depth.max())))

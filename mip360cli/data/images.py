@@ -227,15 +227,6 @@ def write_image(path: Path, rgb: np.ndarray) -> None:
         tmp.write_bytes(data.tobytes())
 
 
-def write_mask(path: Path, keep: np.ndarray) -> None:
-    """Write a (H, W) bool mask as a one-channel PNG (255 = use the pixel, 0 = ignore it), atomically."""
-    ok, data = cv2.imencode(".png", np.where(keep, 255, 0).astype(np.uint8))
-    if not ok:
-        raise UserError(f"cannot encode mask {path}")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.tobytes())
-
-
 def resize_area(img: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize with INTER_AREA (the right filter for downscaling)."""
     if img.shape[1] == width and img.shape[0] == height:

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ..core.errors import UserError
+from ..core.files import atomic_path
 from .images import check_image_file
 
 FOLDER = "masks"
@@ -58,7 +59,9 @@ def decode_mask(data: np.ndarray, path: Path, width: int, height: int) -> np.nda
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise UserError(f"cannot decode mask {path}", hint="masks are PNG images: 0 = ignore the pixel, else use it")
-    keep = (img > 0) if img.ndim == 2 else (img[..., :3] > 0).any(-1) if img.shape[2] >= 3 else img[..., 0] > 0
+    if img.ndim == 3:  # grey with alpha: the grey; colour (with alpha or not): any colour channel
+        img = img[..., 0] if img.shape[2] < 3 else img[..., :3].max(-1)
+    keep = img > 0
     h, w = keep.shape
     if (w, h) == (width, height):
         return keep
@@ -73,3 +76,12 @@ def read_mask(path: Path, width: int, height: int) -> np.ndarray:
     """:func:`decode_mask` of the file at ``path`` (checked as an image file: bounded, regular)."""
     check_image_file(path)
     return decode_mask(np.frombuffer(Path(path).read_bytes(), np.uint8), path, width, height)
+
+
+def write_mask(path: Path, keep: np.ndarray) -> None:
+    """Write a (H, W) bool mask as a one-channel PNG (255 = use the pixel, 0 = ignore it), atomically."""
+    ok, data = cv2.imencode(".png", np.where(keep, 255, 0).astype(np.uint8))
+    if not ok:
+        raise UserError(f"cannot encode mask {path}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())

@@ -112,11 +112,11 @@ def load_scene(folder: str | Path, data: DataConfig, check_images: bool = True) 
         raise UserError(f"{folder}: no training images left ({len(cams)} images, test_every={data.test_every})",
                         hint="use more images, a smaller frame_interval, or test_every=0")
     masks = find_masks(folder, cams.image_paths) if data.masks == "auto" else ()
-    if masks and not any(m is not None for m in masks):
+    if masks and all(m is None for m in masks):  # a masks/ folder whose names match no image
         where = mask_candidates(folder, cams.image_paths[0])
         warn(f"{folder / 'masks'} holds no mask of these images (that of {Path(cams.image_paths[0]).name} would "
              f"be {where[0] if where else 'masks/<its name>.png'}); every pixel is used")
-    masks = masks if any(m is not None for m in masks) else ()
+        masks = ()
     return Scene(cams, source_w, source_h, transform, train, test, fmt, tuple(files), source_info, masks)
 
 

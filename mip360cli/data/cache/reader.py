@@ -118,8 +118,8 @@ class RayCache:
         bo = self.bucket_offsets
         if B < 1 or len(bo) != B + 1 or bo[0] != 0 or bo[-1] != n or np.any(np.diff(bo) < 0):
             raise self.damaged(f"its {B} bucket offsets are not in order from 0 to its {n:,} rays")
-        ids = self.ray_offsets[-1]
-        if len(self.bucket_first_id) != B or np.any((self.bucket_first_id < 0) | (self.bucket_first_id >= ids)):
+        n_ids = self.ray_offsets[-1]  # ray ids are pixel ids: up to the training pixels, masked or not
+        if len(self.bucket_first_id) != B or np.any((self.bucket_first_id < 0) | (self.bucket_first_id >= n_ids)):
             raise self.damaged("a bucket's first ray id is outside its rays")
         ov = self.overflow_row
         if len(ov) != len(self.overflow_gap) or (len(ov) and (ov.min() < 0 or ov.max() >= n or

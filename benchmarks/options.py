@@ -25,7 +25,7 @@ from mip360cli.config import load_config
 from mip360cli.data.cameras import cameras_to_tensors
 from mip360cli.data.example import ring_cameras
 from mip360cli.runs.load import build_model
-from mip360cli.train.step import RayStep, compute_losses, make_optimizer, train_step
+from mip360cli.train.step import RayStep, compute_losses, make_optimizer, parameter_groups, train_step
 
 OPTIONS = {
     "plain": [],
@@ -46,9 +46,7 @@ def make_step(preset: str, overrides: list[str], device: torch.device, rays: int
     model = build_model(cfg, device, len(train))
     step_module = RayStep(model, cameras_to_tensors(cams.replace(c2w=cams.c2w / [1, 1, 1, 3]), device), train)
     opt = make_optimizer(model, cfg)
-    poses = model.images.pose_delta
-    params = [p for p in model.parameters() if p is not poses]
-    unclipped = [poses] if poses is not None else []
+    params, unclipped = parameter_groups(model)
     loss_fn = functools.partial(compute_losses, cfg=cfg)
     g = torch.Generator(device="cpu").manual_seed(0)
     cam = train[torch.randint(0, len(train), (rays,), generator=g).to(device)]

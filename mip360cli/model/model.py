@@ -248,18 +248,19 @@ def render_rays(model: Mip360, origins: torch.Tensor, directions: torch.Tensor, 
     if pad_to is None:
         pad_to = min(chunk, n) if getattr(model, "compiled", False) else 0
     out: dict[str, list[torch.Tensor]] = {"rgb": [], "acc": [], "mean_depth": [], "median_depth": []}
-    integrated = getattr(model, "integrated", False)
-    if radii is None and integrated:
-        raise ValueError("the integrated encoding needs the rays' radii")
-    per_ray = (origins, directions, viewdirs, radii[:, None]) if integrated else (origins, directions, viewdirs)
-    extra = {} if code is None else {"code": code}
+    # radii travel with the rays (chunked and padded alike) where the model uses them; it says if they are missing
+    with_radii = radii is not None and getattr(model, "integrated", False)
+    per_ray = (origins, directions, viewdirs, radii[:, None]) if with_radii else (origins, directions, viewdirs)
     with torch.inference_mode():
         for a in range(0, n, chunk):
             rays = [x[a:a + chunk] for x in per_ray]
             real = rays[0].shape[0]
             if real < pad_to:
                 rays = [torch.cat([x, x[-1:].expand(pad_to - real, x.shape[1])]) for x in rays]
-            last = model(*rays[:3], **extra, **({"radii": rays[3][:, 0]} if integrated else {}))[-1]
+            kwargs = {"radii": rays[3][:, 0]} if with_radii else {}
+            if code is not None:
+                kwargs["code"] = code
+            last = model(*rays[:3], **kwargs)[-1]
             out["rgb"].append(last.rgb[:real])
             out["acc"].append(last.weights.sum(-1)[:real])
             if depth:

@@ -92,10 +92,13 @@ class LoadedRun:
 
     def training_row(self, name: str) -> int:
         """The row (position in the training split) of the training image called ``name`` (or its stem)."""
+        def called(i: int) -> bool:
+            return name in (self.cameras.names[i], Path(self.cameras.names[i]).stem)
+
         for j, i in enumerate(self.train):
-            if name in (self.cameras.names[i], Path(self.cameras.names[i]).stem):
+            if called(i):
                 return j
-        if any(name in (self.cameras.names[i], Path(self.cameras.names[i]).stem) for i in self.test):
+        if any(called(i) for i in self.test):
             raise UserError(f"--appearance {name}: that image was held out, so it has no appearance code",
                             hint="name a training image, or use mean")
         shown = ", ".join(Path(self.cameras.names[i]).stem for i in self.train[:5])

@@ -43,8 +43,8 @@ from ..runs.views import nearest_camera, render_image
 from ..runs.writers import depth_range, depth_to_color, to_uint8, write_png
 from .batches import Prefetcher, RayBatcher, too_few_buckets
 from .hooks import standard_hooks
-from .step import (DeviceStats, RayStep, compute_losses, load_optimizer_state, make_optimizer, set_learning_rates,
-                   train_step)
+from .step import (DeviceStats, RayStep, compute_losses, load_optimizer_state, make_optimizer, parameter_groups,
+                   set_learning_rates, train_step)
 
 
 class CannotResume(UserError):
@@ -331,9 +331,7 @@ class Trainer:
         step_module = RayStep(self.model, cameras_to_tensors(cache.cameras, self.device), train_index)
         self.net = DistributedDataParallel(step_module, device_ids=[self.device.index] if self.device.type == "cuda"
                                            else None) if self.env.enabled else step_module
-        poses = self.model.images.pose_delta
-        self.params = [p for p in self.model.parameters() if p.requires_grad and p is not poses]
-        self.unclipped = [poses] if poses is not None else []
+        self.params, self.unclipped = parameter_groups(self.model)
         self.max_norm = tc.grad_max_norm if tc.grad_max_norm > 0 else float("inf")
         # What the loop needs to know of each step stays on the device and is read only every few steps
         # (flush): a read makes the host wait for the GPU, and the host must stay ahead of it.

@@ -82,6 +82,14 @@ class DeviceStats:
         return int(values[0]), int(values[2]), values[3], values[4:]
 
 
+def parameter_groups(model: Mip360) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The model's trainable parameters: the scene's (with the appearance codes; their gradients are clipped
+    together) and the cameras' (the pose corrections, when refined: own learning rate, not clipped)."""
+    poses = model.images.pose_delta
+    return ([p for p in model.parameters() if p.requires_grad and p is not poses],
+            [poses] if poses is not None else [])
+
+
 def make_optimizer(model: Mip360, cfg: Config) -> torch.optim.Adam:
     """Fused Adam (CPU and CUDA): it skips a step on the device when ``found_inf`` is set (no host sync).
 
@@ -89,10 +97,10 @@ def make_optimizer(model: Mip360, cfg: Config) -> torch.optim.Adam:
     ``cameras``, for the pose corrections, with their own learning rate (:func:`set_learning_rates`).
     """
     tc = cfg.train
-    poses = model.images.pose_delta
-    groups = [{"params": [p for p in model.parameters() if p is not poses], "name": "scene"}]
-    if poses is not None:
-        groups.append({"params": [poses], "name": "cameras", "lr": tc.camera_lr_init})
+    scene, cameras = parameter_groups(model)
+    groups = [{"params": scene, "name": "scene"}]
+    if cameras:
+        groups.append({"params": cameras, "name": "cameras", "lr": tc.camera_lr_init})
     return torch.optim.Adam(groups, lr=tc.lr_init, betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
                             fused=True)
 

@@ -70,17 +70,23 @@ def example_cmd(
                                    "light changes by this many stops between the passes (for model.appearance.dim)."),
     intruders: bool = typer.Option(False, "--intruders", help="Put a passer-by in every third photo and write "
                                    "masks/ that exclude it (for masked training)."),
+    scales: int = typer.Option(1, "--scales", help="Also write each photo at 1/2, 1/4, ... of its size (this "
+                               "many sizes in all) as images d2/, d4/, ...: multi-scale data, which "
+                               "model.encoding.integrated learns anti-aliasing from. --images must be a "
+                               "multiple of 8."),
 ) -> None:
     """Write a small procedural 360-degree scene (images, cameras, ground-truth depth)."""
     from .core.progress import progress_bar
     from .data.example import check_example_options, make_example
 
     width, height = _parse_size(size)
-    check_example_options(format, images, width, height, distortion, exposure)
+    check_example_options(format, images, width, height, distortion, exposure, scales)
     with progress_bar("rendering example", images, "images") as bar:
         make_example(out, format, images, width, height, distortion, colmap_binary=not text,
-                     progress=bar.advance, texture=texture, exposure=exposure, intruders=intruders)
-    typer.echo(f"wrote a {images}-image {width}x{height} example scene ({format}) to {out}")
+                     progress=bar.advance, texture=texture, exposure=exposure, intruders=intruders,
+                     scales=scales)
+    sizes = f" (and at {scales - 1} smaller sizes)" if scales > 1 else ""
+    typer.echo(f"wrote a {images}-image {width}x{height}{sizes} example scene ({format}) to {out}")
     typer.echo(f"next: mip360 preprocess {out}")
 
 
@@ -408,6 +414,9 @@ def view_cmd(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file (default: the latest, "
                                                                          "reloaded as new ones appear)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+    show: Optional[List[Path]] = typer.Option(None, "--show", help="Also draw this mesh or point cloud (PLY, GLB, "
+                                              "OBJ; e.g. RUN/export/mesh.ply) over the scene, to see what an "
+                                              "export holds (repeatable)."),
 ) -> None:
     """Fly through a run in the browser (viser): training cameras, RGB and depth, camera paths.
 
@@ -424,7 +433,14 @@ def view_cmd(
 
     check_view_options(host, port, budget_ms, max_res, chunk)
     loaded = load_run(run, checkpoint, device)
+    shown = []
+    if show:
+        from .export.mesh import read_geometry
+
+        shown = [(p.name, read_geometry(p, loaded.transform)) for p in show]
     viewer = serve_run(loaded, host, port, budget_ms, max_res, chunk, follow_checkpoints=checkpoint is None)
+    for name, geometry in shown:
+        viewer.show_geometry(name, geometry)
     console.print(f"viewer of {run} (step {loaded.step}) at [bold]{viewer.url}[/bold]  (Ctrl-C to stop)",
                   soft_wrap=True)
     try:
@@ -439,7 +455,8 @@ def export_cmd(
     run: Path = typer.Argument(..., help="A run folder made by `mip360 train`."),
     overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=RENDER_KEYS_HELP,
                                                     show_default=False),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The PLY file (default: RUN/export/points.ply)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The file to write (default: "
+                                       "RUN/export/points.ply, or RUN/export/mesh.ply with --mesh)."),
     points: int = typer.Option(1_000_000, "--points", "-n", help="At most this many points (a random subset)."),
     split: str = typer.Option("train", "--split", help="Views to take depth from: train | test | all."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Image scale against the original photos "
@@ -449,30 +466,73 @@ def export_cmd(
     tolerance: float = typer.Option(0.01, "--tolerance", help="Relative depth difference under which a "
                                                               "neighbouring view agrees with a point."),
     neighbours: int = typer.Option(4, "--neighbours", help="Nearest views each point is checked in."),
-    min_agree: int = typer.Option(1, "--min-agree", help="Neighbouring views that must agree (0: no check)."),
+    min_views: Optional[int] = typer.Option(None, "--min-views", help="Floaters: keep only what at least this "
+                                            "many views see at the same depth (the view itself and its "
+                                            "--neighbours; for a mesh also views fused per voxel). Default 2; "
+                                            "1: no check."),
+    min_agree: Optional[int] = typer.Option(None, "--min-agree", hidden=True,
+                                            help="The older spelling of --min-views N+1."),
     bound: float = typer.Option(1.0, "--bound", help="Keep points within this distance (max-norm) of the "
                                                      "normalized scene's center; 1 = the cameras' box, beyond "
-                                                     "which the scene is contracted; 0 = no limit."),
+                                                     "which the scene is contracted; 0 = no limit (points only)."),
     normals: bool = typer.Option(False, "--normals", help="Normals from the depth maps (else the PLY's "
                                                           "normal fields are 0)."),
-    normalized: bool = typer.Option(False, "--normalized", help="Points in the normalized scene instead of "
+    normalized: bool = typer.Option(False, "--normalized", help="Output in the normalized scene instead of "
                                                                 "the input data's world coordinates."),
+    mesh: bool = typer.Option(False, "--mesh", help="Export a mesh instead of points: the views' depth fused "
+                                                    "into a TSDF, marching cubes, vertex colours."),
+    resolution: int = typer.Option(512, "--resolution", help="--mesh: voxels along the longest side of the "
+                                                             "fused surface's box."),
+    truncation: float = typer.Option(4.0, "--truncation", help="--mesh: half width of the band fused around "
+                                                                "each view's surface, in voxels."),
+    components: int = typer.Option(0, "--components", help="--mesh: keep the largest this many connected "
+                                                           "pieces (0: all)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="--mesh: ply | glb | obj (default: from --out's "
+                                                             "suffix, else ply)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file (default: latest)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
 ) -> None:
-    """Export a coloured point cloud (binary PLY) from the median depth of the training views.
+    """Export a coloured point cloud (binary PLY), or with --mesh a mesh, from the median depth of the
+    training views.
 
-    Points are in the input data's own world coordinates and units (they lie
-    on its COLMAP model), with x, y, z, nx, ny, nz, red, green, blue: the
-    layout 3D Gaussian splatting (gsplat, splatfacto) initializes from.
+    Output is in the input data's own world coordinates and units (it lies on
+    its COLMAP model). Points have x, y, z, nx, ny, nz, red, green, blue: the
+    layout 3D Gaussian splatting (gsplat, splatfacto) initializes from. A mesh
+    (PLY, or GLB/OBJ for Blender and the web) has vertex colours; what fewer
+    than --min-views views confirm is dropped as a floater, and counted.
     """
     from .config import parse_render_args
-    from .export.points import PointOptions, export_points
+    from .core.errors import UserError
     from .runs.load import load_run
 
+    if min_views is not None and min_agree is not None:
+        raise UserError("give --min-views or --min-agree, not both (--min-agree N is --min-views N+1)")
+    views_needed = min_views if min_views is not None else (min_agree + 1 if min_agree is not None else 2)
     args = parse_render_args(overrides or [], ratio, command="export")
-    opts = PointOptions(points, split, args.ratio, min_opacity, tolerance, neighbours, min_agree, bound, normals,
-                        normalized)
+    if mesh:
+        from .export.mesh import MESH_FORMATS, MeshOptions, export_mesh
+
+        if fmt is not None and fmt not in MESH_FORMATS:
+            raise UserError(f"--format {fmt!r}: choose {', '.join(MESH_FORMATS)}")
+        suffix = out.suffix.lower().lstrip(".") if out is not None else ""
+        chosen = fmt or (suffix if suffix in MESH_FORMATS else "ply")
+        if out is not None and suffix in MESH_FORMATS and suffix != chosen:
+            raise UserError(f"--out {out} ends in .{suffix} but --format is {chosen}",
+                            hint=f"name the file .{chosen}, or drop --format")
+        opts = MeshOptions(resolution, truncation, split, args.ratio, min_opacity, tolerance, neighbours,
+                           views_needed, bound, components, chosen, normalized)
+        opts.check()
+        loaded = load_run(run, checkpoint, device, args.render)
+        summary = export_mesh(loaded, out or loaded.folder.export / f"mesh.{chosen}", opts)
+        typer.echo(f"mesh       {summary.vertices:,} vertices, {summary.faces:,} faces in {summary.path} "
+                   f"({summary.frame})")
+        return
+    from .export.points import PointOptions, export_points
+
+    if fmt is not None:
+        raise UserError("--format is for --mesh: points are written as PLY")
+    opts = PointOptions(points, split, args.ratio, min_opacity, tolerance, neighbours, views_needed - 1, bound,
+                        normals, normalized)
     opts.check()
     loaded = load_run(run, checkpoint, device, args.render)
     summary = export_points(loaded, out or loaded.folder.export / "points.ply", opts)

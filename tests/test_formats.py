@@ -174,3 +174,28 @@ def test_example_is_deterministic(tmp_path):
     make_example(tmp_path / "b", "colmap", 4, 16, 12)
     for name in ("images/001.png", "sparse/0/images.bin", "depth/002.npy"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_example_scales_are_area_averages_with_their_own_cameras(tmp_path):
+    """``mip360 example --scales 3``: each photo also at 1/2 and 1/4 size (the mean of 2x2 and 4x4 blocks), as
+    ``d2/NAME`` and ``d4/NAME`` with scaled intrinsics; every size holds out the same cameras."""
+    from mip360cli.config import DataConfig
+    from mip360cli.data.cameras import split_indices
+    from mip360cli.data.example import downscale
+    from mip360cli.data.images import read_image
+    from mip360cli.data.scene import load_scene
+
+    make_example(tmp_path / "s", "colmap", 8, 32, 24, scales=3)
+    scene = load_scene(tmp_path / "s", DataConfig())
+    names = list(scene.cameras.names)
+    assert names == [f"{p}{i:03d}.png" for p in ("", "d2/", "d4/") for i in range(8)]
+    full, quarter = (read_image(tmp_path / "s/images" / n).astype(float) for n in ("003.png", "d4/003.png"))
+    assert quarter.shape == (6, 8, 3)
+    assert np.abs(quarter - full.reshape(6, 4, 8, 4, 3).mean((1, 3))).max() <= 0.5 + 1e-9
+    assert downscale(np.arange(16, dtype=np.uint8).reshape(4, 4), 2).tolist() == [[2, 4], [10, 12]]
+    K1, K4 = scene.cameras.K[3], scene.cameras.K[19]
+    np.testing.assert_allclose(K4[:2], K1[:2] / 4)
+    np.testing.assert_allclose(scene.cameras.c2w[3], scene.cameras.c2w[19])
+    assert set(np.asarray(names)[scene.test]) == {"000.png", "d2/000.png", "d4/000.png"}
+    assert split_indices(24, 8)[1].tolist() == [0, 8, 16]
+    assert np.load(tmp_path / "s/depth/d2/003.npy").shape == (12, 16)

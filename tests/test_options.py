@@ -194,3 +194,28 @@ def test_every_option_trains_over_two_processes(options_run, tmp_path):
     assert state["step"] == 2 and state["model"]["images.pose_delta"].abs().sum() > 0
     r = subprocess.run([*args[:-4], "train.max_steps=3", *ALL_ON], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "resuming" in r.stderr, r.stderr
+
+
+def test_integrated_encoding_renders_a_quarter_size_view_better_after_multiscale_training(tmp_path):
+    """The anti-aliasing case (mip-NeRF's multi-scale test): the example's photos at full, half and quarter size
+    (``--scales 3``), 600 tiny steps with and without the integrated encoding, the held-out views scored at a
+    quarter size: the integrated encoding is clearly better there. Trained at full size only, it is not (measured
+    2,000 steps at 96x72: 21.68 without, 17.94 with, README: the features of wide pixels are never trained)."""
+    from mip360cli.config import CacheConfig, DataConfig, load_config
+    from mip360cli.data.cache import build_cache
+    from mip360cli.eval.evaluate import evaluate
+    from mip360cli.runs.load import load_run
+    from mip360cli.train.loop import train
+
+    make_example(tmp_path / "scene", "colmap", 24, 64, 48, scales=3)
+    cache = build_cache(tmp_path / "scene", DataConfig(), CacheConfig(bucket_rays=4096), out=tmp_path / "c.h5").path
+    quarter = {}
+    for integrated in (False, True):
+        run = tmp_path / f"run{int(integrated)}"
+        train(cache, run, load_config("tiny", ["train.max_steps=600", "train.val_every=0",
+                                               f"model.encoding.integrated={str(integrated).lower()}"]))
+        rows = evaluate(load_run(run, device="cpu"), "test", None)["per_image"]
+        assert {r["name"] for r in rows} == {f"{p}{i:03d}.png" for p in ("", "d2/", "d4/") for i in (0, 8, 16)}
+        quarter[integrated] = float(np.mean([r["psnr"] for r in rows if r["name"].startswith("d4/")]))
+    # measured at a quarter size: 18.89 -> 20.51 dB (seed 0), 20.39 -> 25.10 (seed 1); 1,500 steps: 20.65 -> 24.77
+    assert quarter[True] > quarter[False] + 1.0, quarter

@@ -260,6 +260,41 @@ def two_pass_cameras(n: int, width: int, height: int, distortion: float = 0.0) -
                           [width] * n, [height] * n, names, names, np.concatenate([outer.dist, inner.dist]))
 
 
+def scaled_copies(cams: Cameras, scales: int) -> Cameras:
+    """``cams``, then ``cams`` at 1/2, 1/4, ... of the size (``scales`` sizes in all), named ``d2/NAME``, ...
+
+    Names sort by scale (``000.png`` < ``d2/000.png``), so every size's cameras are in one run of the
+    sorted list and, with a number of cameras that ``test_every`` divides, the same cameras are held out.
+    """
+    parts = [cams]
+    for s in range(1, scales):
+        step = 2 ** s
+        small = cams.scaled(1 / step)
+        names = tuple(f"d{step}/{n}" for n in cams.names)
+        parts.append(small.replace(names=names, image_paths=names))
+    if scales == 1:
+        return cams
+    return Cameras.create(np.concatenate([p.K for p in parts]), np.concatenate([p.c2w for p in parts]),
+                          np.concatenate([p.width for p in parts]), np.concatenate([p.height for p in parts]),
+                          sum((list(p.image_paths) for p in parts), []), sum((list(p.names) for p in parts), []),
+                          np.concatenate([p.dist for p in parts]))
+
+
+def downscale(img: np.ndarray, step: int, any_part: bool = False) -> np.ndarray:
+    """(H, W, ...) image -> (H/step, W/step, ...): the mean of each step x step block (uint8 rounded), or with
+    ``any_part`` (bool images) whether any pixel of the block is set.
+
+    Example:
+        >>> downscale(np.array([[0, 2], [4, 255]], np.uint8), 2).tolist()
+        [[65]]
+    """
+    h, w = img.shape[0] // step, img.shape[1] // step
+    blocks = img[:h * step, :w * step].reshape(h, step, w, step, *img.shape[2:])
+    if any_part:
+        return blocks.any(axis=(1, 3))
+    return np.round(blocks.astype(np.float64).mean(axis=(1, 3))).astype(np.uint8)
+
+
 def intruder_of(cameras: Cameras, i: int) -> tuple[np.ndarray, float] | None:
     """The passer-by of camera ``i`` (every third camera, from the third on): a sphere 1.2 units in front of
     it, off its axis (its position differs in every view, so it belongs to no consistent scene)."""
@@ -280,9 +315,29 @@ MAX_SIDE = 8192
 MAX_IMAGES = 10_000
 
 
+MAX_SCALES = 4
+SCALE_TEST_EVERY = 8
+"""With ``--scales``, the number of cameras must be a multiple of the default ``data.test_every``, so that
+every scale holds out the same cameras (a camera held out at full size and trained on at half size
+would be scored on what it was trained on)."""
+
+
 def check_example_options(fmt: str, n_images: int, width: int, height: int, distortion: float,
-                          exposure: float = 0.0) -> None:
+                          exposure: float = 0.0, scales: int = 1) -> None:
     """One UserError for an example the options cannot make (before anything is written)."""
+    if not 1 <= scales <= MAX_SCALES:
+        raise UserError(f"--scales must be from 1 to {MAX_SCALES}, got {scales}")
+    if scales > 1:
+        step = 2 ** (scales - 1)
+        if fmt not in ("colmap", "transforms"):
+            raise UserError(f"--scales: the {fmt} format cannot list images in subfolders",
+                            hint="use --format colmap or transforms")
+        if width % step or height % step:
+            raise UserError(f"--scales {scales}: width and height must be multiples of {step}, got {width}x{height}",
+                            hint=f"e.g. --size {max(step, width - width % step)}x{max(step, height - height % step)}")
+        if n_images % SCALE_TEST_EVERY:
+            raise UserError(f"--scales: --images must be a multiple of {SCALE_TEST_EVERY} (got {n_images}), so "
+                            "that the default split (data.test_every=8) holds out the same cameras at every scale")
     if not (np.isfinite(exposure) and 0 <= exposure <= 4):
         raise UserError(f"--exposure must be from 0 to 4 stops, got {exposure}")
     if fmt not in FORMATS:
@@ -299,7 +354,8 @@ def check_example_options(fmt: str, n_images: int, width: int, height: int, dist
 
 def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width: int = 64,
                  height: int = 48, distortion: float = 0.0, colmap_binary: bool = True,
-                 progress=None, texture: bool = False, exposure: float = 0.0, intruders: bool = False) -> Cameras:
+                 progress=None, texture: bool = False, exposure: float = 0.0, intruders: bool = False,
+                 scales: int = 1) -> Cameras:
     """Write the example scene to ``out`` in format ``fmt``.
 
     Writes the images, the camera file(s) of the format, ``depth/<name>.npy``
@@ -314,15 +370,18 @@ def make_example(out: str | Path, fmt: str = "colmap", n_images: int = 24, width
             many stops between the passes (:func:`exposure_gains`); 0: one pass, one exposure.
         intruders: a passer-by (a magenta sphere) in every third photo (:func:`intruder_of`), and
             ``masks/NAME.png`` for those photos (0 where it is: the pixels to ignore).
+        scales: each photo also at 1/2, 1/4, ... of its size (``scales`` sizes in all; area-averaged from
+            the full-size photo, as mip-NeRF's multi-scale data), as images ``d2/NAME``, ``d4/NAME``, ...
+            with their own cameras: the data anti-aliasing (``model.encoding.integrated``) learns from.
     Returns:
-        The cameras in the scene's world (OpenCV axes).
+        The cameras in the scene's world (OpenCV axes), the full-size ones first.
     """
     out = Path(out)
-    check_example_options(fmt, n_images, width, height, distortion, exposure)
+    check_example_options(fmt, n_images, width, height, distortion, exposure, scales)
     check_example_folder(out)
     try:
         return _write_example(out, fmt, n_images, width, height, distortion, colmap_binary, progress, texture,
-                              exposure, intruders)
+                              exposure, intruders, scales)
     except OSError as e:
         if is_disk_full(e):
             raise UserError(f"the disk is full: the example scene in {out} is incomplete",
@@ -342,27 +401,35 @@ def check_example_folder(out: Path) -> None:
 
 def _write_example(out: Path, fmt: str, n_images: int, width: int, height: int, distortion: float,
                    colmap_binary: bool, progress, texture: bool, exposure: float = 0.0,
-                   intruders: bool = False) -> Cameras:
+                   intruders: bool = False, scales: int = 1) -> Cameras:
     info = {"format": fmt, "images": n_images, "width": width, "height": height, "distortion": distortion,
-            "texture": texture, "exposure": exposure, "intruders": intruders, "world_up": [0, 0, 1],
-            "enclosure_radius": ENCLOSURE_RADIUS}
+            "texture": texture, "exposure": exposure, "intruders": intruders, "scales": scales,
+            "world_up": [0, 0, 1], "enclosure_radius": ENCLOSURE_RADIUS}
     out.mkdir(parents=True, exist_ok=True)
     # first: the folder is an example's (a killed run can be run again); "complete" once all is written
     atomic_write_text(out / "example.json", json.dumps({**info, "complete": False}, indent=2) + "\n")
     cams = (two_pass_cameras(n_images, width, height, distortion) if exposure
             else ring_cameras(n_images, width, height, distortion=distortion))
-    rel = [image_relpath(fmt, n) for n in cams.names]
-    depth_ranges = []
     gains = exposure_gains(len(cams), exposure)
-    for i in range(len(cams)):
-        intruder = intruder_of(cams, i) if intruders else None
-        img, depth, covered = render_view(cams, i, texture, float(gains[i]), intruder)
-        write_image(out / rel[i], img)
-        if intruder is not None:
-            write_mask(mask_candidates(out, out / rel[i])[0], ~covered)  # masks/ in place of images/
-        (out / "depth").mkdir(exist_ok=True)
-        np.save(out / "depth" / f"{Path(cams.names[i]).stem}.npy", depth)
-        depth_ranges.append((float(depth.min()), float(depth.max())))
+    cams = scaled_copies(cams, scales)
+    rel = [image_relpath(fmt, n) for n in cams.names]
+    n_full = len(cams) // scales
+    depth_ranges = [None] * len(cams)
+    for j in range(n_full):
+        intruder = intruder_of(cams, j) if intruders else None
+        full, depth, covered_full = render_view(cams, j, texture, float(gains[j]), intruder)
+        for s in range(scales):  # smaller sizes: the full-size photo area-averaged; depth at their pixel centres
+            i, step = j + s * n_full, 2 ** s
+            img, covered = (full, covered_full) if s == 0 else (downscale(full, step),
+                                                                downscale(covered_full, step, any_part=True))
+            depth = depth if s == 0 else render_view(cams, i)[1]
+            write_image(out / rel[i], img)
+            if intruder is not None:
+                write_mask(mask_candidates(out, out / rel[i])[0], ~covered)  # masks/ in place of images/
+            depth_path = out / "depth" / Path(cams.names[i]).with_suffix(".npy")
+            depth_path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(depth_path, depth)
+            depth_ranges[i] = (float(depth.min()), float(depth.max()))
         if progress:
             progress()
     if fmt == "colmap":

@@ -87,7 +87,7 @@ def evaluate(loaded: LoadedRun, split: str, ratio: float | None, out: Path | Non
             if keep is not None:
                 row["masked"] = round(float(1 - keep.mean()), 6)
             rows.append(row)
-            _write_panel(out / "images" / f"{Path(row['name']).stem}.png", gt, rgb)
+            _write_panel(out / "images" / panel_name(row["name"]), gt, rgb)
             bar.advance()
     if not rows:
         raise UserError(f"every {split} view of {loaded.run} is masked entirely: nothing to score",
@@ -133,6 +133,18 @@ def appearance_for(loaded: LoadedRun, index: int, split: str) -> tuple["torch.Te
     row = (int(np.flatnonzero(loaded.train == index)[0]) if split == "train"
            else loaded.nearest_training_row(loaded.cameras.c2w[index]))
     return loaded.model.images.codes[row].detach(), names[int(loaded.train[row])]
+
+
+def panel_name(name: str) -> str:
+    """Where the panel of image ``name`` goes under ``images/``: its name's folders kept (``d2/000.png`` of a
+    multi-scale capture beside ``000.png``), none that would leave the folder.
+
+    Example:
+        >>> panel_name("d2/000.jpg"), panel_name("../../x.JPG"), panel_name("/abs/a.png")
+        ('d2/000.png', 'x.png', 'abs/a.png')
+    """
+    parts = [p for p in Path(name.replace("\\", "/")).parts if p not in ("", ".", "..", "/")]
+    return str(Path(*parts).with_suffix(".png")) if parts else "image.png"
 
 
 def _write_panel(path: Path, gt: np.ndarray, rgb: np.ndarray) -> None:

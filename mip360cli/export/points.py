@@ -74,6 +74,8 @@ class ExportSummary:
     candidates: int
     views: int
     frame: str
+    dropped: int = 0
+    """Opaque pixels dropped as floaters (depth not confirmed by neighbouring views)."""
 
 
 def unproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
@@ -116,9 +118,16 @@ def depth_normals(points: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     return np.where(flip, -n, n)
 
 
-def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray, normals: np.ndarray | None = None) -> None:
+def frame_comment(normalized: bool) -> str:
+    """The PLY comment that says which frame a file mip360 wrote is in (``mip360 view --show`` reads it)."""
+    return f"comment mip360 frame {'normalized' if normalized else 'input'}"
+
+
+def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray, normals: np.ndarray | None = None,
+              normalized: bool = False) -> None:
     """A binary little-endian PLY of (N, 3) float points, (N, 3) uint8 colors and (N, 3) normals
-    (zeros when None: 3D Gaussian splatting's reader expects the fields). Written atomically."""
+    (zeros when None: 3D Gaussian splatting's reader expects the fields), in the input world or (``normalized``)
+    the normalized scene. Written atomically."""
     n = len(xyz)
     normals = np.zeros((n, 3), np.float32) if normals is None else normals
     rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("nx", "<f4"), ("ny", "<f4"),
@@ -128,7 +137,7 @@ def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray, normals: np.ndarray 
         rec["n" + k] = normals[:, i]
     for i, k in enumerate(("red", "green", "blue")):
         rec[k] = rgb[:, i]
-    header = (f"ply\nformat binary_little_endian 1.0\n{PLY_COMMENT}\n"
+    header = (f"ply\nformat binary_little_endian 1.0\n{PLY_COMMENT}\n{frame_comment(normalized)}\n"
               f"element vertex {n}\n"
               "property float x\nproperty float y\nproperty float z\n"
               "property float nx\nproperty float ny\nproperty float nz\n"
@@ -189,19 +198,20 @@ def export_points(loaded: LoadedRun, out: Path, opts: PointOptions | None = None
     with process_lock(out.parent / f".{out.name}.lock", f"the export {out}"):
         scratch = Scratch(out.parent / f".{out.name}.views")
         try:
-            xyz, rgb, nrm, candidates = _points(loaded, views, scratch, opts)
+            xyz, rgb, nrm, candidates, dropped = _points(loaded, views, scratch, opts)
         finally:
             scratch.remove()
-        write_ply(out, xyz.astype(np.float32), rgb, None if nrm is None else nrm.astype(np.float32))
+        write_ply(out, xyz.astype(np.float32), rgb, None if nrm is None else nrm.astype(np.float32),
+                  opts.normalized)
     frame = ("the normalized scene" if opts.normalized
              else "the input world: the dataset's own coordinates and units")
-    info(f"{len(xyz):,} points of {candidates:,} that passed the filters, from {len(views)} views -> {out}")
-    return ExportSummary(out, len(xyz), candidates, len(views), frame)
+    info(f"{len(xyz):,} points of {candidates:,} that passed the filters, from {len(views)} views; dropped as "
+         f"floaters: {dropped:,} opaque pixels seen at their depth by fewer than {opts.min_agree + 1} views -> {out}")
+    return ExportSummary(out, len(xyz), candidates, len(views), frame, dropped)
 
 
-def _points(loaded: LoadedRun, views: list[View], scratch: "Scratch", opts: PointOptions):
-    """Depth maps of ``views`` into ``scratch``, then the points that pass the filters, in the output frame:
-    xyz (N, 3), rgb (N, 3) uint8, normals (N, 3) or None, and how many passed before the subset."""
+def render_depth_maps(loaded: LoadedRun, views: list[View], scratch: "Scratch") -> None:
+    """Render each view's median depth, opacity and colour into ``scratch`` (view i as ``i.npz``)."""
     with progress_bar("rendering depth", len(views), "views") as bar:
         for i, view in enumerate(views):
             r = render_image(loaded.model, view.K, view.c2w, None, view.width, view.height,
@@ -210,17 +220,25 @@ def _points(loaded: LoadedRun, views: list[View], scratch: "Scratch", opts: Poin
             scratch.save(i, rgb=np.round(np.clip(r["rgb"], 0, 1) * 255).astype(np.uint8),
                          acc=r["acc"].astype(np.float16), depth=r["median_depth"].astype(np.float32))
             bar.advance(1)
+
+
+def _points(loaded: LoadedRun, views: list[View], scratch: "Scratch", opts: PointOptions):
+    """Depth maps of ``views`` into ``scratch``, then the points that pass the filters, in the output frame:
+    xyz (N, 3), rgb (N, 3) uint8, normals (N, 3) or None, how many passed before the subset, and how many
+    opaque pixels were dropped as floaters (their depth not confirmed by enough views)."""
+    render_depth_maps(loaded, views, scratch)
     near_views = neighbours_of(np.array([v.c2w[:, 3] for v in views]), opts.neighbours)
     per_view = -(-2 * opts.points // len(views))  # a bounded random share of each view's points
     rng = np.random.default_rng(opts.seed)
-    kept_xyz, kept_rgb, kept_n, candidates = [], [], [], 0
+    kept_xyz, kept_rgb, kept_n, candidates, dropped = [], [], [], 0, 0
     with progress_bar("filtering points", len(views), "views") as bar:
         for i, view in enumerate(views):
             d = scratch.load(i)
             xyz = unproject(d["depth"], view.K, view.c2w)
-            idx = _agreeing_pixels(xyz, d, [(views[j], scratch.load(int(j))) for j in near_views[i]],
-                                   loaded.cfg.data.far, opts)
+            idx, opaque = agreeing_pixels(xyz, d, [(views[j], scratch.load(int(j))) for j in near_views[i]],
+                                          loaded.cfg.data.far, opts)
             candidates += len(idx)
+            dropped += opaque - len(idx)
             if len(idx) > per_view:
                 idx = idx[rng.choice(len(idx), per_view, replace=False)]
             kept_xyz.append(xyz.reshape(-1, 3)[idx])
@@ -244,12 +262,13 @@ def _points(loaded: LoadedRun, views: list[View], scratch: "Scratch", opts: Poin
         if nrm is not None:
             nrm = nrm @ np.linalg.inv(inv[:3, :3])  # normals transform by the inverse transpose
             nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12)
-    return xyz, rgb, nrm, candidates
+    return xyz, rgb, nrm, candidates, dropped
 
 
-def _agreeing_pixels(xyz: np.ndarray, d, neighbours: list, far: float, opts: PointOptions) -> np.ndarray:
+def agreeing_pixels(xyz: np.ndarray, d, neighbours: list, far: float, opts: PointOptions) -> tuple[np.ndarray, int]:
     """Flat indices of a view's pixels (points ``xyz`` (H, W, 3)) that are opaque, within the bound, and seen
-    at the same depth by at least ``min_agree`` of the ``neighbours`` ((View, depth data) pairs)."""
+    at the same depth by at least ``min_agree`` of the ``neighbours`` ((View, depth data) pairs), and the
+    number of opaque pixels within the bound (those not returned are floaters: no other view confirms them)."""
     depth, acc = d["depth"], d["acc"]
     mask = (acc >= np.float16(opts.min_opacity)) & (depth < 0.999 * far)
     if opts.bound > 0:
@@ -264,7 +283,7 @@ def _agreeing_pixels(xyz: np.ndarray, d, neighbours: list, far: float, opts: Poi
         ui = np.clip(np.nan_to_num(u).astype(int), 0, w - 1)
         vi = np.clip(np.nan_to_num(v).astype(int), 0, h - 1)
         agree += inside & (np.abs(nb["depth"][vi, ui] - z) <= opts.tolerance * np.maximum(z, 1e-9))
-    return idx[agree >= min(opts.min_agree, len(neighbours))]
+    return idx[agree >= min(opts.min_agree, len(neighbours))], len(idx)
 
 
 def check_output(out: Path) -> None:

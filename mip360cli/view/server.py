@@ -118,6 +118,7 @@ class Viewer:
         self._frustum_handles: list = []
         self._key_handles: list = []
         self._preview: list[ViewCamera] | None = None
+        self._shown: list = []  # (name, scene handle, checkbox) of drawn exports
         self._build_gui()
         self._draw_cameras(max_frustums)
         self.server.on_client_connect(self._on_connect)
@@ -160,6 +161,22 @@ class Viewer:
 
         self._thumbnails = threading.Thread(target=load_thumbnails, name="mip360-thumbnails", daemon=True)
         self._thumbnails.start()
+
+    def show_geometry(self, name: str, geometry: dict) -> None:
+        """Draw a mesh or point cloud (``read_geometry``'s dict, in the normalized scene) with a checkbox to
+        hide it."""
+        v, c, f = geometry["vertices"], geometry["colors"], geometry["faces"]
+        node = f"/exports/{len(self._shown)}"
+        if f is None:
+            extent = float(np.abs(v).max()) if len(v) else 1.0
+            handle = self.server.scene.add_point_cloud(node, v, c, point_size=0.004 * extent)
+        else:
+            import trimesh
+
+            handle = self.server.scene.add_mesh_trimesh(node, trimesh.Trimesh(v, f, vertex_colors=c, process=False))
+        box = self.server.gui.add_checkbox(f"show {name}", True)
+        box.on_update(lambda _: setattr(handle, "visible", box.value))
+        self._shown.append((name, handle, box))
 
     def _on_connect(self, client) -> None:
         self.clients[client.client_id] = client

@@ -12,6 +12,7 @@ For notebooks, benchmark harnesses (nerfbaselines) and pipelines that start from
     out["depth"]                                   # (H, W) float32 z-depth in the input data's units
     run.evaluate()                                 # the held-out scores and their record, as `mip360 eval`
     run.export_points(points=200_000)              # a PLY, as `mip360 export` (RUN/export/points.ply)
+    run.export_mesh(resolution=512, format="glb")  # a mesh, as `mip360 export --mesh` (RUN/export/mesh.glb)
 
 Cameras are given as in the input data: camera-to-world (3, 4) with OpenCV axes (x right, y down,
 z forward) in the input's world and units (``space="normalized"`` for mip360's normalized scene),
@@ -128,6 +129,19 @@ class Run:
         except TypeError as e:
             raise UserError(f"export_points: {e}") from None
         return export_points(self.loaded, Path(out) if out else self.loaded.folder.export / "points.ply", opts)
+
+    def export_mesh(self, out: str | Path | None = None, **options):
+        """A coloured mesh as ``mip360 export --mesh`` writes it (default RUN/export/mesh.ply; needs the ``mesh``
+        extra). ``options`` are those of :class:`~mip360cli.export.mesh.MeshOptions` (resolution, truncation,
+        split, ratio, min_opacity, tolerance, neighbours, min_views, bound, components, format, normalized)."""
+        from .export.mesh import MeshOptions, export_mesh
+
+        try:
+            opts = MeshOptions(**options)
+        except TypeError as e:
+            raise UserError(f"export_mesh: {e}") from None
+        default = self.loaded.folder.export / f"mesh.{opts.format}"
+        return export_mesh(self.loaded, Path(out) if out else default, opts)
 
     def __repr__(self) -> str:
         return (f"Run({str(self.path)!r}, step={self.step}, {len(self.train)} training and {len(self.test)} "

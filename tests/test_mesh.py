@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
+import trimesh
 
 from conftest import run_cli
 from mip360cli.data.example import ENCLOSURE_RADIUS, SPHERES, make_example, ring_cameras, render_view, \
     surface_distance
 from mip360cli.data.formats import read_cameras
 from mip360cli.export.points import project
-
-trimesh = pytest.importorskip("trimesh")
 
 RADIUS = 3.12  # the camera ring: |coordinate| of the farthest camera center (as the point export's test)
 

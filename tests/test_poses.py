@@ -68,7 +68,7 @@ def test_poses_from_photos_match_the_true_ones_and_train_as_well(textured, tmp_p
 
     # preprocess + a short training on the recovered poses score as on the true poses. A 400-step tiny run
     # varies by about 1.3 dB from seed to seed, so each side is the mean of two seeds.
-    scores = {}
+    scores, per_seed = {}, {}
     for name, root in (("true", textured), ("recovered", data)):
         assert run(["preprocess", root, "--ratio", "0.25"], capsys)[0] == 0
         psnr = []
@@ -80,8 +80,9 @@ def test_poses_from_photos_match_the_true_ones_and_train_as_well(textured, tmp_p
             assert run(["eval", run_dir], capsys)[0] == 0
             psnr.append(json.loads((run_dir / "eval" / "metrics.json").read_text())["mean"]["psnr"])
         scores[name] = float(np.mean(psnr))
+        per_seed[name] = psnr
     # measured: 23.0 dB on the true poses, 22.9 on the recovered ones
-    assert scores["recovered"] > scores["true"] - 1.5, scores  # margin: 1.5 dB
+    assert scores["recovered"] > scores["true"] - 1.5, (scores, per_seed)  # margin: 1.5 dB
 
 
 def test_poses_from_a_video(textured, tmp_path, capsys):

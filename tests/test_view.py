@@ -206,3 +206,37 @@ def test_training_with_the_viewer_renders_between_steps(trained_example, tmp_pat
     (live,) = started
     assert live.viewer.core.frames_rendered >= 1  # between steps, in the training thread
     assert live.viewer.server is not None
+
+
+def test_the_viewer_draws_an_exported_mesh_and_point_cloud(run, tmp_path):
+    """`mip360 view --show`: an export read back into the run's scene is drawn (a mesh and a point cloud), with a
+    checkbox that hides it."""
+    from mip360cli.export.mesh import read_geometry
+    from mip360cli.export.points import write_ply
+    from mip360cli.view.server import ShownCameras, Viewer
+
+    loaded = load_run(run, device=CPU)
+    rng = np.random.default_rng(0)
+    write_ply(tmp_path / "points.ply", rng.normal(size=(50, 3)).astype(np.float32),
+              rng.integers(0, 255, (50, 3), dtype=np.uint8))
+    import trimesh
+
+    box = trimesh.creation.box()
+    box.visual.vertex_colors = np.tile([200, 30, 30, 255], (len(box.vertices), 1))
+    box.export(tmp_path / "box.obj")
+    viewer = Viewer(ViewerCore(loaded.model, CPU, chunk=4096), ShownCameras.training(loaded.cameras, loaded.train),
+                    loaded.transform, run / "camera_paths", port=_free_port(), background=False)
+    try:
+        for name in ("points.ply", "box.obj"):
+            geometry = read_geometry(tmp_path / name, loaded.transform)
+            viewer.show_geometry(name, geometry)
+        (_, points, _), (_, mesh, check) = viewer._shown
+        assert type(points).__name__ == "PointCloudHandle" and type(mesh).__name__ == "GlbHandle"
+        # files of other tools are in the input world: moved into the normalized scene like the cameras
+        expected = np.asarray(box.vertices) @ loaded.transform[:3, :3].T + loaded.transform[:3, 3]
+        np.testing.assert_allclose(np.sort(geometry["vertices"], 0), np.sort(expected, 0), atol=1e-5)
+        assert geometry["colors"][0].tolist() == [200, 30, 30]
+        check.value = False  # the checkbox hides it
+        assert mesh.visible is False
+    finally:
+        viewer.close()

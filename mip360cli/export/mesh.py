@@ -220,12 +220,24 @@ def band_keys(vol: BlockVolume, xyz: np.ndarray, camera: np.ndarray, trunc: floa
 # ----------------------------------------------------------------------------- the export
 
 
+def require_mesh_libraries() -> None:
+    """One UserError naming the extra to install when scikit-image or trimesh is missing."""
+    import importlib.util
+
+    missing = [name for name, module in (("scikit-image", "skimage"), ("trimesh", "trimesh"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UserError(f"meshes need {' and '.join(missing)}, which are not installed",
+                        hint="pip install 'mip360cli[mesh]' (scikit-image's marching cubes, trimesh's file formats)")
+
+
 def export_mesh(loaded: LoadedRun, out: Path, opts: MeshOptions | None = None) -> MeshSummary:
     """Render the views of ``opts.split``, fuse their depth into a TSDF, extract, clean and write ``out``."""
-    import trimesh
-
     opts = opts or MeshOptions()
     opts.check()
+    require_mesh_libraries()
+    import trimesh
+
     views: list[View] = []
     for part in (("train", "test") if opts.split == "all" else (opts.split,)):
         if part == "test" and opts.split == "all" and len(loaded.test) == 0:
@@ -478,6 +490,7 @@ def read_geometry(path: Path, transform: np.ndarray) -> dict:
     Returns:
         ``{"vertices": (V, 3) float32, "colors": (V, 3) uint8, "faces": (F, 3) int32 or None for points}``.
     """
+    require_mesh_libraries()
     import trimesh
 
     path = Path(path)

@@ -216,6 +216,10 @@ def train_cmd(
                                      help="Restart all processes this often after a failure (elastic; "
                                           "each restart resumes from the last checkpoint)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the run's checkpoints and start over."),
+    time_budget: Optional[str] = typer.Option(None, "--time", help="Train for this long (2h, 90m, 1h30m) instead "
+                                              "of train.max_steps: the step rate is measured first, then the "
+                                              "steps are planned to end in time with the whole learning-rate "
+                                              "schedule (train.time_budget)."),
     viewer: bool = typer.Option(False, "--viewer", help="Serve the web viewer (as `mip360 view`) from the "
                                                         "first process while training; it renders between steps, "
                                                         "in at most ~8% of the time."),
@@ -243,7 +247,7 @@ def train_cmd(
     from .train.loop import check_buckets, default_run, train
     from .view.server import ViewerHook
 
-    cfg = load_config(config, overrides or [], {"train.device": device})
+    cfg = load_config(config, overrides or [], {"train.device": device, "train.time_budget": time_budget})
     explicit = explicit_keys(overrides or [])
     run = run or default_run(data)
     if (gpus > 1 or nnodes > 1) and not distributed.launched_by_torchrun():

@@ -27,6 +27,7 @@ import yaml
 
 from .core.errors import UserError
 from .core.files import atomic_write_text, read_text_bounded
+from .core.progress import parse_duration
 
 FORMATS = ("auto", "colmap", "llff", "transforms", "easymocap")
 
@@ -186,6 +187,11 @@ class TrainConfig:
     camera_lr_init: float = 6e-4
     """Learning rate of the camera corrections (decayed log-linearly to ``camera_lr_final``)."""
     camera_lr_final: float = 6e-6
+    time_budget: str = ""
+    """Train for this long (``2h``, ``90m``, ``1h30m`` or seconds; ``mip360 train --time``) instead of
+    ``max_steps``: the step rate is measured on the first steps, then ``max_steps`` is fixed so that training,
+    checkpoints and validations end within it, with the whole learning-rate schedule. The plan is stored in
+    the checkpoints, so a resumed run ends at the planned step. Empty: train ``max_steps``."""
     compile: Literal["auto", True, False] = "auto"
     """torch.compile the model's forward (sampling, MLPs, compositing) and the losses; auto = on CUDA
     (faster there; slower to start by a minute or two), off on the CPU (where it is slower)."""
@@ -561,6 +567,15 @@ def explicit_keys(overrides: Sequence[str] = (), values: dict[str, Any] | None =
     return keys
 
 
+def _budget_ok(value: str) -> bool:
+    if value in ("", None):
+        return True
+    try:
+        return 10 <= parse_duration(value) <= 365 * 86400
+    except ValueError:
+        return False
+
+
 def load_config(config: str | Path | None = None, overrides: Sequence[str] = (),
                 values: dict[str, Any] | None = None, outside_base: str = "notice") -> Config:
     """Load the schema defaults, then ``config`` (file or preset), then overrides.
@@ -634,6 +649,8 @@ def check_ranges(cfg: Config) -> None:
          cfg.model.prop.samples),
         (cfg.render.chunk_rays == "auto" or cfg.render.chunk_rays >= 1, "render.chunk_rays must be >= 1 or auto",
          cfg.render.chunk_rays),
+        (_budget_ok(cfg.train.time_budget), "train.time_budget must be a duration from 10 s to 365 days (2h, 90m, "
+         "1h30m, or seconds), or empty for none", cfg.train.time_budget),
     ]
     m = cfg.model
     for key, value in (("model.nerf.width", m.nerf.width), ("model.nerf.depth", m.nerf.depth),

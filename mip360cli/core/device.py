@@ -38,13 +38,46 @@ def _parse_device(name: str) -> torch.device:
     return device
 
 
+BF16_CAPABILITY = (8, 0)
+"""The CUDA compute capability from which GPUs compute bf16 natively (Ampere: A100, RTX 30xx, and newer)."""
+
+
+def gpu_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device."""
+    return tuple(torch.cuda.get_device_capability(device))
+
+
 def mlp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The dtype the MLPs' matmuls run in (autocast), or None for float32.
 
-    ``train.precision``: auto and bf16 mean bf16 on CUDA; on the CPU the MLPs stay in float32
-    (bf16 there is ignored, with a warning from the trainer).
+    ``train.precision``: ``auto`` means bf16 on a CUDA GPU that computes it natively (compute capability
+    8.0 or newer), float32 on older GPUs (a V100 or T4 emulates bf16, slower than float32) and on the CPU;
+    ``bf16`` forces bf16 on any GPU; on the CPU the MLPs stay in float32 (bf16 there is ignored, with a
+    warning from the trainer).
     """
-    return torch.bfloat16 if device.type == "cuda" and precision in ("auto", "bf16") else None
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "bf16" or gpu_capability(device) >= BF16_CAPABILITY:
+        return torch.bfloat16
+    return None
+
+
+def precision_line(precision: str, device: torch.device) -> str:
+    """What ``train.precision`` means on ``device``, for the user: which precision and why."""
+    if device.type != "cuda":
+        return "precision: fp32 (the CPU)"
+    major, minor = gpu_capability(device)
+    name = torch.cuda.get_device_name(device)
+    where = f"{name}, compute capability {major}.{minor}"
+    native = (major, minor) >= BF16_CAPABILITY
+    if mlp_dtype(precision, device) is None:
+        if precision == "fp32":
+            return f"precision: fp32 ({where}; train.precision=fp32)"
+        return (f"precision: fp32 ({where}: no native bf16, which needs {BF16_CAPABILITY[0]}.{BF16_CAPABILITY[1]}; "
+                "train.precision=bf16 forces it, emulated and slower)")
+    if not native:
+        return f"precision: bf16 matmuls, emulated ({where}: no native bf16; train.precision=auto uses fp32 here)"
+    return f"precision: bf16 matmuls, heads and compositing in fp32 ({where})"
 
 
 def compile_enabled(setting: str | bool, device: torch.device) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -38,6 +40,28 @@ def format_duration(seconds: float, estimate: bool = False) -> str:
     return f"{seconds / 3600:.{1 if estimate else 2}f} h"
 
 
+def parse_duration(text: str | float | int) -> float:
+    """``2h``, ``90m``, ``1h30m``, ``45s``, ``1.5h`` or a number of seconds -> seconds; ValueError otherwise.
+
+    Example:
+        >>> parse_duration("2h"), parse_duration("1h30m"), parse_duration("90 min"), parse_duration(60)
+        (7200.0, 5400.0, 5400.0, 60.0)
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    s = str(text).strip().lower().replace(" ", "")
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    units = {"h": 3600.0, "hr": 3600.0, "hours": 3600.0, "hour": 3600.0, "m": 60.0, "min": 60.0,
+             "minutes": 60.0, "s": 1.0, "sec": 1.0, "seconds": 1.0, "d": 86400.0, "days": 86400.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)([a-z]+)", s)
+    if not parts or "".join(n + u for n, u in parts) != s or any(u not in units for _, u in parts):
+        raise ValueError(f"not a duration: {text!r} (write e.g. 2h, 90m, 1h30m or 3600)")
+    return float(sum(float(n) * units[u] for n, u in parts))
+
+
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         unit = task.fields.get("unit", "it")
@@ -53,6 +77,9 @@ class _Plain:
         self.done = self.start_done = 0
         self.status = ""
         self.start = self.last = time.perf_counter()
+
+    def set_total(self, total: int) -> None:
+        self.total = total
 
     def advance(self, n: int = 1, status: str | None = None) -> None:
         """``status``: new text after the figures; None keeps the last one."""
@@ -74,6 +101,9 @@ class _Bar:
     def __init__(self, progress: Progress, task_id):
         self.progress, self.task_id = progress, task_id
 
+    def set_total(self, total: int) -> None:
+        self.progress.update(self.task_id, total=total)
+
     def advance(self, n: int = 1, status: str | None = None) -> None:
         """``status``: new text after the figures; None keeps the last one."""
         if status is None:
@@ -84,6 +114,9 @@ class _Bar:
 
 class _Quiet:
     def advance(self, n: int = 1, status: str | None = None) -> None:
+        pass
+
+    def set_total(self, total: int) -> None:
         pass
 
 

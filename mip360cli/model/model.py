@@ -29,6 +29,8 @@ class Level:
     rgb: torch.Tensor | None = None
 
 
+COMPILE_BACKEND = "inductor"
+"""torch.compile's backend (the tests put one that fails here, to check the fallback to eager)."""
 COMPILE_PREFIX = "_orig_mod."  # what torch.compile's wrapper adds to the keys of a compiled submodule
 
 
@@ -81,6 +83,7 @@ class Mip360(nn.Module):
         self.images = PerImage(n_images, cfg.appearance.dim, refine_poses)
         self.mlp_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 for autocast on CUDA
         self.compiled = False
+        self.compile_backend = COMPILE_BACKEND
         # Recompute the proposal MLP's activations in backward instead of keeping them (train.recompute_proposal):
         # a third of the activation memory for a few percent more matmul work.
         self.recompute_proposal = False
@@ -92,8 +95,14 @@ class Mip360(nn.Module):
         compiles once (a training batch, a render chunk), nothing recompiles from
         step to step (``train_frac`` is a tensor).
         """
-        self.compile(dynamic=False)
+        self.compile_backend = COMPILE_BACKEND
+        self.compile(dynamic=False, backend=self.compile_backend)
         self.compiled = True
+
+    def uncompile(self) -> None:
+        """Back to the eager forward (after a compilation that failed)."""
+        self._compiled_call_impl = None
+        self.compiled = False
 
     @classmethod
     def from_config(cls, model: ModelConfig, data: DataConfig, n_images: int = 0,

@@ -25,15 +25,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, config_hash, config_to_dict, save_config
 from ..core import distributed
-from ..core.device import mlp_dtype, resolve_device
+from ..core.device import mlp_dtype, precision_line, resolve_device
 from ..core.memory import available_bytes, require
 from ..core.errors import Interrupted, UserError
 from ..core.files import ensure_writable_dir, process_lock
-from ..core.progress import info, progress_bar, warn
+from ..core.files import format_bytes
+from ..core.progress import format_duration, info, parse_duration, progress_bar, warn
 from ..data.cache import RayCache, build_cache, default_cache_path, option_fields, stored_info
 from ..data.cameras import cameras_to_tensors
 from ..model import losses
-from ..model.model import COMPILE_PREFIX, load_plain_state, parameter_count, plain_state_dict, training_bytes
+from ..model.model import (COMPILE_PREFIX, load_plain_state, parameter_count, plain_state_dict,
+                           training_bytes)
 from ..runs import checkpoints as ckpt
 from ..runs.cameras_file import write_cameras_json
 from ..runs.folder import RunFolder
@@ -237,6 +239,9 @@ class Trainer:
         self.hooks = list(hooks) if env.is_main else []
         self.start_step, self.nonfinite_total = 0, 0
         self.seconds_before = 0.0  # training time of the run before this process (its checkpoint's)
+        self.process_start = time.perf_counter()
+        self.budget = parse_duration(cfg.train.time_budget) if cfg.train.time_budget else 0.0
+        self.plan: dict | None = None  # the time budget's plan (max_steps), from the checkpoint or made here
 
     def close(self) -> None:
         """Close the cache (the run's files are written as they go)."""
@@ -259,10 +264,12 @@ class Trainer:
         torch.manual_seed(tc.seed)
         if self.device.type == "cpu" and tc.precision == "bf16" and env.is_main:
             warn("train.precision=bf16 is ignored on the CPU: the MLPs run in fp32 there (bf16 is for CUDA)")
+        elif env.is_main:
+            info(precision_line(tc.precision, self.device))
         self.model = build_model(cfg, self.device, len(self.cache.train))
-        self.loss_fn = functools.partial(compute_losses, cfg=cfg)
+        self.plain_loss_fn = self.loss_fn = functools.partial(compute_losses, cfg=cfg)
         if self.model.compiled:
-            self.loss_fn = torch.compile(self.loss_fn, dynamic=False)
+            self.loss_fn = torch.compile(self.loss_fn, dynamic=False, backend=self.model.compile_backend)
         self.optimizer = make_optimizer(self.model, cfg)
         self.resolved = config_to_dict(cfg)
         self.fingerprint = str(self.cache.file.attrs["fingerprint"])
@@ -280,6 +287,14 @@ class Trainer:
             distributed.barrier(env)
         elif existing:
             self._load(*existing[-1])
+        if self.plan is not None:  # a run planned by its time budget ends at the planned step
+            self.cfg.train.max_steps = self.plan["max_steps"]
+            if env.is_main:
+                budget = format_duration(self.plan["time_budget_s"])
+                changed = (f"; the budget given now ({self.cfg.train.time_budget}) is not used: --restart to plan "
+                           "again") if self.budget and abs(self.budget - self.plan["time_budget_s"]) > 1e-6 else ""
+                info(f"following the plan made for the time budget of {budget}: {self.plan['max_steps']:,} steps"
+                     f"{changed}")
         if self.start_step >= self.cfg.train.max_steps:
             info(f"{run.path} already trained to step {self.start_step} (train.max_steps={self.cfg.train.max_steps})")
         if env.is_main:
@@ -317,6 +332,9 @@ class Trainer:
                                     "before, or start over with --restart") from None
         self.start_step, self.nonfinite_total = state["step"], state.get("nonfinite_total", 0)
         self.seconds_before = float(state.get("train_seconds", 0.0))
+        plan = state.get("plan")
+        if isinstance(plan, dict) and isinstance(plan.get("max_steps"), int) and plan["max_steps"] >= 1:
+            self.plan = plan
         if self.env.is_main:
             info(f"resuming {self.run.path} from step {self.start_step} ({path.name})")
 
@@ -340,8 +358,12 @@ class Trainer:
         self.window = (time.perf_counter(), 0)  # start and steps of the rays/s window
         self.saved_at = self.flushed_at = self.start_step
         self.started = time.perf_counter()
+        self.timing: tuple[float, int] | None = None  # (time, step) where the timed steps began
+        self.planned = False
         context = TrainContext(self.run, self.cfg, self.model, self.device, cache.cameras, cache.train,
                                cache.transform, self.start_step)
+        if self.budget and self.plan is None:  # until the plan fixes it, the steps are the budget's
+            tc.max_steps = 10**9
         prefetch = None
         try:
             for hook in self.hooks:
@@ -349,8 +371,10 @@ class Trainer:
             prefetch = Prefetcher(batchers, self.device)
             with stop_signals() as sig, progress_bar("training", tc.max_steps, "steps", completed=self.start_step,
                                                      interval=10.0) as bar:
+                self.bar = bar
                 while self.step < tc.max_steps:
                     self._train_one_step(prefetch)
+                    self._plan_after_step()
                     self._after_step(sig, bar)
         finally:
             if prefetch is not None:
@@ -367,13 +391,69 @@ class Trainer:
         gt = rgb.float() / 255.0
         jitter = jitter_for(tc.seed, step, self.shards, [self.per_shard] * len(self.shards), self.model.n_levels(),
                             self.device)
-        finite, terms = train_step(self.net, self.optimizer, self.loss_fn, self.params, self.max_norm, (cam, u, v), gt,
-                                   self.stats.step / tc.max_steps, jitter, self.env, self.unclipped)
+        try:
+            finite, terms = self._step((cam, u, v), gt, jitter)
+        except torch.OutOfMemoryError:
+            raise self._out_of_memory("a training step") from None
         self.stats.record(finite, terms)
         for hook in self.hooks:
             hook.between_steps(step + 1)
         self.step += 1
         self.window = (self.window[0], self.window[1] + 1)
+
+    def _step(self, rays: tuple, gt: torch.Tensor, jitter: torch.Tensor):
+        """One :func:`train_step`; the first one of a compiled model falls back to eager when compilation
+        fails (``train.compile=auto``: one warning; ``true``: one error)."""
+        def run():
+            return train_step(self.net, self.optimizer, self.loss_fn, self.params, self.max_norm, rays, gt,
+                              self.stats.step / self.cfg.train.max_steps, jitter, self.env, self.unclipped)
+
+        if not (self.model.compiled and self.step == self.start_step):
+            return run()
+        try:
+            return run()
+        except (torch.OutOfMemoryError, UserError, Interrupted, KeyboardInterrupt):
+            raise
+        except Exception as e:  # torch.compile fails in many ways: no compiler, an unsupported op, a backend bug
+            lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+            # dynamo's "backend='inductor' raised:" is followed by what the backend raised
+            first = " ".join(lines[:2] if lines and lines[0].endswith(":") else lines[:1])[:300]
+            if self.cfg.train.compile is True:
+                raise UserError(f"torch.compile failed at the first step ({type(e).__name__}: {first})",
+                                hint="train with train.compile=false (or auto, which falls back to eager)") from e
+            warn(f"torch.compile failed at the first step ({type(e).__name__}: {first}); training eagerly "
+                 "instead (train.compile=false skips trying)")
+            self.model.uncompile()
+            self.loss_fn = self.plain_loss_fn
+            self.optimizer.zero_grad(set_to_none=True)
+            return run()
+
+    def _out_of_memory(self, what: str) -> UserError:
+        """The message of a CUDA out-of-memory error: the batch and chunk, what the device has, what would fit."""
+        tc, device = self.cfg.train, self.device
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            total = torch.cuda.get_device_properties(device).total_memory
+            peak = torch.cuda.max_memory_allocated(device)
+        else:
+            total, peak = available_bytes(device), 0
+        value_bytes = 2 if mlp_dtype(tc.precision, device) is not None else 4
+        fixed = training_bytes(self.cfg.model, 0, value_bytes, tc.recompute_proposal)
+        per_ray = training_bytes(self.cfg.model, 1, value_bytes, tc.recompute_proposal) - fixed
+        # what the estimate says fits in 80% of the device, below the batch that did not fit
+        fits = int(max(0, total * 0.8 - fixed) // per_ray)
+        fits = min(fits, self.per_shard // 2)
+        fits = 1 << (fits.bit_length() - 1) if fits > 0 else 0
+        chunk = self.cfg.render.chunk_rays
+        where = f"{what} ran out of memory on {device}" + (f" ({format_bytes(total)}, at most "
+                                                           f"{format_bytes(peak)} in use by this run)" if peak else "")
+        batch = (f"train.batch_rays={tc.batch_rays} ({self.per_shard:,} rays a process), render.chunk_rays={chunk} "
+                 "(validation renders)")
+        hint = (f"train.batch_rays={fits * self.num_shards} would fit by the estimate (scale train.lr_init and "
+                f"lr_final with it, README: Out of memory), or render.chunk_rays={min(fits, 4096) or 1024} if it "
+                "was a validation render; or close what else uses the GPU") if fits else \
+            "the model alone does not fit: lower model.nerf.width or depth, or train on a larger GPU"
+        return UserError(f"{where}: {batch}", hint=hint)
 
     def _after_step(self, sig: dict, bar) -> None:
         """Log, checkpoint, validate and stop at the steps that ask for it (the same steps on every process)."""
@@ -399,6 +479,95 @@ class Trainer:
         if stop:  # SIGINT/SIGTERM (in some process): all stop at this step, checkpoint written
             raise Interrupted(f"interrupted at step {step}: checkpoint saved; run the same command to resume",
                               sig["signum"] or signal.SIGTERM, step)
+
+    # -- the plan: measured on the first steps, printed before going on
+
+    PLAN_MIN_STEPS = 5
+
+    def _plan_window(self) -> float:
+        """Seconds of steps to time: 3 s (or 50 steps), or with a time budget 2% of it (from 3 s to 60 s)."""
+        return min(60.0, max(3.0, 0.02 * self.budget)) if self.budget else 3.0
+
+    def _sync(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _plan_after_step(self) -> None:
+        """Time the steps after the first (which compiles and allocates); once enough are timed, print the plan
+        and, with a time budget and no plan yet, fix ``train.max_steps`` (the same on every process)."""
+        if self.planned:
+            return
+        done = self.step - self.start_step
+        if done == 1:
+            self.timing = (self._sync(), self.step)
+            return
+        if self.timing is None or (done - 1) % self.PLAN_MIN_STEPS:  # every process checks at the same steps
+            return
+        now = self._sync()
+        elapsed = now - self.timing[0] >= self._plan_window() or (not self.budget and done > 50)
+        if self.env.enabled:
+            elapsed = distributed.any_flag(elapsed, self.device, self.env)
+        if not elapsed:
+            return
+        self.planned = True
+        seconds_per_step = (now - self.timing[0]) / (self.step - self.timing[1])
+        if self.budget and self.plan is None:
+            self._make_plan(seconds_per_step)
+        if self.env.is_main:
+            info(self._plan_line(seconds_per_step))
+
+    def _make_plan(self, seconds_per_step: float) -> None:
+        """Fix ``train.max_steps`` so that the steps, checkpoints and validations end within the budget; the plan
+        goes into a checkpoint written now."""
+        tc, step = self.cfg.train, self.step
+        val_s = 0.0
+        if self.env.is_main and len(self.cache.test):  # one validation render, timed (it is drawn at the end)
+            t = time.perf_counter()
+            self._validate()
+            val_s = time.perf_counter() - t
+        state_bytes = 16 * sum(p.numel() for p in self.model.parameters())  # weights and Adam moments, fp32
+        ckpt_s = 0.5 + state_bytes / 200e6  # written at 200 MB/s at least
+        figures = torch.tensor([seconds_per_step, val_s, ckpt_s,
+                                self.seconds_before + time.perf_counter() - self.process_start],
+                               dtype=torch.float64, device=self.device)
+        if self.env.enabled:  # the slowest process's figures, so that every process plans the same steps
+            figures = -figures
+            distributed.all_min_(figures, self.env)
+            figures = -figures
+        seconds_per_step, val_s, ckpt_s, spent = (float(x) for x in figures.cpu())
+        per_step = seconds_per_step + ckpt_s / tc.checkpoint_every + (val_s / tc.val_every if tc.val_every else 0)
+        left = 0.97 * self.budget - spent - 2 * ckpt_s - val_s  # this checkpoint, the last one, the last render
+        planned = max(step + 1, step + int(left // per_step))
+        tc.max_steps = planned
+        self.bar.set_total(planned)
+        self.plan = {"time_budget_s": self.budget, "max_steps": planned, "seconds_per_step": seconds_per_step,
+                     "planned_at_step": step, "checkpoint_s": ckpt_s, "validation_s": val_s}
+        if step >= planned - 1 and self.env.is_main:
+            warn(f"the time budget of {format_duration(self.budget)} is spent by the start: training ends at "
+                 f"step {planned}")
+        self._save()
+
+    def _plan_line(self, seconds_per_step: float) -> str:
+        tc = self.cfg.train
+        left = max(0, tc.max_steps - self.step) * seconds_per_step
+        ends = time.strftime("%H:%M", time.localtime(time.time() + left))
+        rate = tc.batch_rays / seconds_per_step
+        what = (f"plan for the time budget of {format_duration(self.budget)}: {tc.max_steps:,} steps, "
+                "checkpoints and validations included" if self.plan is not None else
+                f"plan: {tc.max_steps:,} steps")
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            memory = (f"; peak GPU memory of a step {format_bytes(torch.cuda.max_memory_allocated(self.device))} of "
+                      f"{format_bytes(total)}")
+        else:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            memory = f"; peak memory of the process {format_bytes(peak)}"
+        return (f"{what}; 1,000 steps take about {format_duration(1000 * seconds_per_step, estimate=True)} "
+                f"({rate:,.0f} rays/s); the remaining {max(0, tc.max_steps - self.step):,} about "
+                f"{format_duration(left, estimate=True)}, ending about {ends}{memory}")
 
     def _flush(self) -> list[float]:
         """Read the device's figures; warn of skipped steps, stop a diverged run. Returns the step's
@@ -442,14 +611,18 @@ class Trainer:
                 "nonfinite_total": self.nonfinite_total,
                 "train_seconds": self.seconds_before + time.perf_counter() - self.started,
                 "reader": self.reader_position if not self.env.enabled else self.reader_position[0],
+                **({"plan": self.plan} if self.plan is not None else {}),
             }, self.cfg.train.keep_checkpoints)
             for hook in self.hooks:
                 hook.checkpoint(step, path)
         self.saved_at = step
 
     def _validate(self) -> None:
-        val = render_validation_view(self.model, self.cache, self.run, self.step, self.cfg.render.chunk_rays,
-                                     self.device)
+        try:
+            val = render_validation_view(self.model, self.cache, self.run, self.step, self.cfg.render.chunk_rays,
+                                         self.device)
+        except torch.OutOfMemoryError:
+            raise self._out_of_memory(f"the validation render at step {self.step}") from None
         if val is not None:
             self.val_psnr = val[0]
             for hook in self.hooks:

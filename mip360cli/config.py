@@ -147,8 +147,9 @@ class TrainConfig:
     """Optimization (docs/algorithm.md §7)."""
 
     max_steps: int = 250_000
-    batch_rays: int = 16384
-    """Global batch, split over all ranks."""
+    batch_rays: int | Literal["auto"] = 16384
+    """Global batch, split over all ranks. auto: 16384 (the paper's) where a step of it fits the device, else
+    the largest power of two that does, with lr_init and lr_final scaled by the square root of the ratio."""
     lr_init: float = 2e-3
     lr_final: float = 2e-5
     lr_delay_steps: int = 512
@@ -621,7 +622,8 @@ def check_ranges(cfg: Config) -> None:
         (1024 <= c.bucket_rays <= 1 << 30, "cache.bucket_rays must be from 1024 to 2^30", c.bucket_rays),
         (c.memory_mb >= 16, "cache.memory_mb must be >= 16", c.memory_mb),
         (1 <= c.workers <= 256, "cache.workers must be from 1 to 256", c.workers),
-        (cfg.train.batch_rays >= 1, "train.batch_rays must be >= 1", cfg.train.batch_rays),
+        (cfg.train.batch_rays == "auto" or cfg.train.batch_rays >= 1, "train.batch_rays must be >= 1 or auto",
+         cfg.train.batch_rays),
         (cfg.train.max_steps >= 1, "train.max_steps must be >= 1", cfg.train.max_steps),
         (cfg.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1", cfg.train.checkpoint_every),
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1", cfg.train.keep_checkpoints),
@@ -639,7 +641,8 @@ def check_ranges(cfg: Config) -> None:
         (cfg.train.interlevel_weight >= 0 and cfg.train.distortion_weight >= 0,
          "train.interlevel_weight and distortion_weight must be >= 0",
          (cfg.train.interlevel_weight, cfg.train.distortion_weight)),
-        (cfg.train.batch_rays <= 1 << 24, f"train.batch_rays must be at most {1 << 24:,}", cfg.train.batch_rays),
+        (cfg.train.batch_rays == "auto" or cfg.train.batch_rays <= 1 << 24,
+         f"train.batch_rays must be at most {1 << 24:,}", cfg.train.batch_rays),
         (cfg.train.max_steps <= 10**9, "train.max_steps must be at most 1e9", cfg.train.max_steps),
         (min([*cfg.model.prop.samples, cfg.model.nerf.samples]) >= 2, "every level needs >= 2 samples",
          [*cfg.model.prop.samples, cfg.model.nerf.samples]),

@@ -110,3 +110,36 @@ def test_a_time_budget_ends_in_time_with_the_whole_schedule_and_resumes_to_the_p
     assert last["step"] == planned and last["lr"] == pytest.approx(state["config"]["train"]["lr_final"], rel=0.01)
     print(f"\nbudget 60 s: {planned} steps, trained {state['train_seconds']:.1f} s over two processes")
     assert abs(state["train_seconds"] - 60) < 0.15 * 60, state["train_seconds"]
+
+
+def test_batch_auto_takes_what_fits_scales_the_rates_and_keeps_them_on_resume(scene_copy, capsys, tmp_path,
+                                                                              monkeypatch):
+    import mip360cli.train.loop as loop
+    from mip360cli.config import load_config
+
+    cfg = load_config("tiny")
+    fixed, per_ray = loop.step_bytes(cfg, torch.device("cpu"))
+    monkeypatch.setattr(loop, "available_bytes", lambda device: (fixed + per_ray * 3000) / 0.9)
+    scene, run = scene_copy("colmap"), tmp_path / "run"
+    args = ["train", scene, "--run", run, "--config", "tiny", "train.batch_rays=auto", "train.val_every=0",
+            "train.max_steps=3"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "train.batch_rays=auto: 2,048 rays a step" in err and "sqrt(2048/16384) = 0.354" in err, err
+    state = torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    train_cfg = state["config"]["train"]
+    assert train_cfg["batch_rays"] == 2048
+    assert train_cfg["lr_init"] == pytest.approx(cfg.train.lr_init * (2048 / 16384) ** 0.5)
+    # resumed where more memory is free: the run keeps its batch and rates
+    monkeypatch.setattr(loop, "available_bytes", lambda device: 1 << 40)
+    code, _, err = run_cli([*args[:-1], "train.max_steps=5"], capsys)
+    assert code == 0 and "resuming" in err and "cannot resume" not in err, err
+    assert torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=True)["config"]["train"][
+        "batch_rays"] == 2048
+    # where everything fits: the paper's batch, rates as given
+    from mip360cli.core import distributed
+
+    big = load_config("tiny", ["train.batch_rays=auto"])
+    loop.resolve_batch(big, torch.device("cpu"), 1, tmp_path / "new", distributed.init("cpu"))
+    assert big.train.batch_rays == 16384 and big.train.lr_init == cfg.train.lr_init
+    assert "16,384 rays a step (the paper's; it fits)" in capsys.readouterr().err

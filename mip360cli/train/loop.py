@@ -142,6 +142,56 @@ def jitter_for(seed: int, step: int, shards: list[int], sizes: list[int], levels
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
+PAPER_BATCH = 16384
+
+
+def step_bytes(cfg: Config, device: torch.device) -> tuple[float, float]:
+    """(fixed, per ray) bytes of a training step of ``cfg`` on ``device``, by the estimate."""
+    tc = cfg.train
+    value_bytes = 2 if mlp_dtype(tc.precision, device) is not None else 4
+    fixed = training_bytes(cfg.model, 0, value_bytes, tc.recompute_proposal)
+    return fixed, training_bytes(cfg.model, 1, value_bytes, tc.recompute_proposal) - fixed
+
+
+def resolve_batch(cfg: Config, device: torch.device, shards: int, run: Path, env: distributed.DistEnv) -> None:
+    """``train.batch_rays=auto``: the paper's 16384 rays where a step of them fits the device, else the largest
+    power of two that does (the same on every process), with ``lr_init`` and ``lr_final`` scaled by the square
+    root of the ratio. A run that has checkpoints keeps the batch and rates it was trained with."""
+    tc = cfg.train
+    if tc.batch_rays != "auto":
+        return
+    existing = ckpt.list_checkpoints(run)
+    if existing:
+        try:
+            old = ckpt.load_checkpoint(existing[-1][1])["config"]["train"]
+            batch, lr_init, lr_final = int(old["batch_rays"]), float(old["lr_init"]), float(old["lr_final"])
+        except (KeyError, TypeError, ValueError, UserError):
+            batch = None
+        if batch:
+            tc.batch_rays, tc.lr_init, tc.lr_final = batch, lr_init, lr_final
+            return
+    fixed, per_ray = step_bytes(cfg, device)
+    per_shard = int((available_bytes(device) * 0.9 - fixed) // per_ray)
+    batch = min(PAPER_BATCH, max(per_shard, 0) * shards)
+    batch = 1 << (batch.bit_length() - 1) if batch >= shards else shards  # too small: check_step_fits says so
+    if env.enabled:  # the smallest process's choice, for all
+        t = torch.tensor([batch], dtype=torch.float64, device=device)
+        distributed.all_min_(t, env)
+        batch = int(t.item())
+    batch -= batch % shards
+    scale = (batch / PAPER_BATCH) ** 0.5
+    tc.batch_rays = batch
+    if batch < PAPER_BATCH:
+        tc.lr_init, tc.lr_final = tc.lr_init * scale, tc.lr_final * scale
+        if env.is_main:
+            info(f"train.batch_rays=auto: {batch:,} rays a step ({PAPER_BATCH:,} would need about "
+                 f"{format_bytes(fixed + per_ray * PAPER_BATCH / shards)} a process, "
+                 f"{format_bytes(available_bytes(device))} is free); learning rates scaled by sqrt({batch}/{PAPER_BATCH}) = {scale:.3g}: lr_init "
+                 f"{tc.lr_init:.3g}, lr_final {tc.lr_final:.3g}")
+    elif env.is_main:
+        info(f"train.batch_rays=auto: {batch:,} rays a step (the paper's; it fits)")
+
+
 def check_step_fits(cfg: Config, device: torch.device, shards: int) -> None:
     """Refuse a training step that cannot fit the device's memory (before anything is built or allocated),
     with the figure and a batch that fits."""
@@ -153,7 +203,8 @@ def check_step_fits(cfg: Config, device: torch.device, shards: int) -> None:
     fits = max(0, int((available_bytes(device) * 0.9 - fixed) // per_ray)) * shards
     require(fixed + per_ray * per_shard, device, f"a training step of {per_shard:,} rays per process with this "
             f"model ({parameter_count(m):,} parameters)",
-            hint=(f"lower train.batch_rays (about {fits:,} would fit), or train on a larger device" if fits else
+            hint=(f"lower train.batch_rays (about {fits:,} would fit; train.batch_rays=auto picks what fits), or "
+                  "train on a larger device" if fits else
                   "the model alone does not fit: lower model.nerf.width or depth, or train on a larger device"))
 
 
@@ -213,6 +264,7 @@ def train(data: str | Path, run: str | Path, cfg: Config, restart: bool = False,
     elif env.local_world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world))
     try:
+        resolve_batch(cfg, device, env.world if env.enabled else (data_shards or 1), run.path, env)
         check_step_fits(cfg, device, env.world if env.enabled else (data_shards or 1))
         with contextlib.ExitStack() as stack:
             if env.is_main:  # one training per run folder: a second one would mix checkpoints and metrics

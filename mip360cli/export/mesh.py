@@ -25,7 +25,8 @@ from ..core.files import atomic_path, process_lock, refuse_foreign
 from ..core.progress import info, progress_bar
 from ..runs.load import LoadedRun
 from ..runs.views import View
-from .points import PLY_COMMENT, Scratch, frame_comment, agreeing_pixels, neighbours_of, project, render_depth_maps, unproject
+from .points import (PLY_COMMENT, Scratch, agreeing_pixels, frame_comment, neighbours_of, project,
+                     render_depth_maps, unproject)
 
 BLOCK = 16
 """Voxels along a block's side."""

@@ -186,7 +186,8 @@ def resolve_batch(cfg: Config, device: torch.device, shards: int, run: Path, env
         if env.is_main:
             info(f"train.batch_rays=auto: {batch:,} rays a step ({PAPER_BATCH:,} would need about "
                  f"{format_bytes(fixed + per_ray * PAPER_BATCH / shards)} a process, "
-                 f"{format_bytes(available_bytes(device))} is free); learning rates scaled by sqrt({batch}/{PAPER_BATCH}) = {scale:.3g}: lr_init "
+                 f"{format_bytes(available_bytes(device))} is free); learning rates scaled by "
+                 f"sqrt({batch}/{PAPER_BATCH}) = {scale:.3g}: lr_init "
                  f"{tc.lr_init:.3g}, lr_final {tc.lr_final:.3g}")
     elif env.is_main:
         info(f"train.batch_rays=auto: {batch:,} rays a step (the paper's; it fits)")

@@ -523,8 +523,9 @@ def export_cmd(
         if out is not None and suffix in MESH_FORMATS and suffix != chosen:
             raise UserError(f"--out {out} ends in .{suffix} but --format is {chosen}",
                             hint=f"name the file .{chosen}, or drop --format")
-        opts = MeshOptions(resolution, truncation, split, args.ratio, min_opacity, tolerance, neighbours,
-                           views_needed, bound, components, chosen, normalized)
+        opts = MeshOptions(split=split, ratio=args.ratio, min_opacity=min_opacity, tolerance=tolerance,
+                           neighbours=neighbours, bound=bound, normalized=normalized, resolution=resolution,
+                           truncation=truncation, min_views=views_needed, components=components, format=chosen)
         opts.check()
         loaded = load_run(run, checkpoint, device, args.render)
         summary = export_mesh(loaded, out or loaded.folder.export / f"mesh.{chosen}", opts)
@@ -535,8 +536,9 @@ def export_cmd(
 
     if fmt is not None:
         raise UserError("--format is for --mesh: points are written as PLY")
-    opts = PointOptions(points, split, args.ratio, min_opacity, tolerance, neighbours, views_needed - 1, bound,
-                        normals, normalized)
+    opts = PointOptions(split=split, ratio=args.ratio, min_opacity=min_opacity, tolerance=tolerance,
+                        neighbours=neighbours, bound=bound, normalized=normalized, points=points,
+                        min_agree=views_needed - 1, normals=normals)
     opts.check()
     loaded = load_run(run, checkpoint, device, args.render)
     summary = export_points(loaded, out or loaded.folder.export / "points.ply", opts)

@@ -6,8 +6,7 @@ import numpy as np
 import trimesh
 
 from conftest import run_cli
-from mip360cli.data.example import ENCLOSURE_RADIUS, SPHERES, make_example, ring_cameras, render_view, \
-    surface_distance
+from mip360cli.data.example import ENCLOSURE_RADIUS, SPHERES, ring_cameras, render_view, surface_distance
 from mip360cli.data.formats import read_cameras
 from mip360cli.export.points import project
 

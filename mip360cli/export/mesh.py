@@ -6,7 +6,7 @@ some view's surface are allocated (as Open3D's voxel block grid does), so memory
 area, not the box's volume. Each view updates only the blocks its own surface touches.
 
 Floaters are culled twice: a pixel is fused only when its depth agrees with what neighbouring views see
-there (as for points, :func:`~mip360cli.export.points.agreeing_pixels`), and a face is kept only where at
+there (as for points, :func:`~mip360cli.export.points.confirmed_pixels`), and a face is kept only where at
 least ``min_views`` views saw the surface (a per-voxel count of the views whose surface passed within the
 truncation band).
 """
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import UserError
-from ..core.files import atomic_path, process_lock, refuse_foreign
+from ..core.files import atomic_path, refuse_foreign
 from ..core.progress import info, progress_bar
 from ..runs.load import LoadedRun
 from ..runs.views import View
-from .points import (PLY_COMMENT, Scratch, agreeing_pixels, frame_comment, neighbours_of, project,
-                     render_depth_maps, unproject)
+from .points import (PLY_COMMENT, DepthOptions, PointOptions, Scratch, confirmed_pixels, depth_checks,
+                     export_views, frame_comment, locked_scratch, project, render_depth_maps, unproject)
 
 BLOCK = 16
 """Voxels along a block's side."""
@@ -36,38 +36,27 @@ MARKER = "mip360 export"
 
 
 @dataclass
-class MeshOptions:
+class MeshOptions(DepthOptions):
     """How ``mip360 export --mesh`` fuses depth maps into a mesh (the command's options, same names)."""
 
     resolution: int = 512
     """Voxels along the longest side of the box that holds the fused surface."""
     truncation: float = 4.0
     """Half width of the band around each view's surface that is fused, in voxels."""
-    split: str = "train"
-    ratio: float | None = None
-    min_opacity: float = 0.9
-    tolerance: float = 0.01
-    neighbours: int = 4
     min_views: int = 2
     """A pixel is fused when this many views (itself and its nearest neighbours) see its depth; a face is
     kept where this many views saw the surface."""
-    bound: float = 1.0
     components: int = 0
     """Keep the largest this many connected pieces (0: all)."""
     format: str = "ply"
-    normalized: bool = False
 
     def check(self) -> None:
         """One UserError for the first value out of its range."""
         checks = [
-            (self.split in ("train", "test", "all"), f"--split {self.split!r}: choose train, test or all"),
+            *depth_checks(self),
             (16 <= self.resolution <= 4096, f"--resolution must be from 16 to 4096 voxels, got {self.resolution}"),
             (0.5 <= self.truncation <= 64, f"--truncation must be from 0.5 to 64 voxels, got {self.truncation}"),
-            (0 <= self.min_opacity <= 1, f"--min-opacity must be in [0, 1], got {self.min_opacity}"),
-            (self.tolerance > 0, f"--tolerance must be > 0, got {self.tolerance}"),
-            (1 <= self.neighbours <= 64, f"--neighbours must be from 1 to 64, got {self.neighbours}"),
             (1 <= self.min_views <= 65, f"--min-views must be from 1 to 65, got {self.min_views}"),
-            (self.ratio is None or 0 < self.ratio <= 4, f"--ratio must be in (0, 4], got {self.ratio}"),
             (self.bound > 0, f"--bound must be > 0 for a mesh (the fused box must be finite), got {self.bound}"),
             (0 <= self.components <= 10**9, f"--components must be >= 0 (0: keep all), got {self.components}"),
             (self.format in MESH_FORMATS, f"--format {self.format!r}: choose {', '.join(MESH_FORMATS)}"),
@@ -239,22 +228,14 @@ def export_mesh(loaded: LoadedRun, out: Path, opts: MeshOptions | None = None) -
     require_mesh_libraries()
     import trimesh
 
-    views: list[View] = []
-    for part in (("train", "test") if opts.split == "all" else (opts.split,)):
-        if part == "test" and opts.split == "all" and len(loaded.test) == 0:
-            continue
-        views += loaded.views(part, opts.ratio)
+    views = export_views(loaded, opts.split, opts.ratio)
     if len(views) < opts.min_views:
         raise UserError(f"the {opts.split} split has {len(views)} view(s) and --min-views is {opts.min_views}",
                         hint="use --split all, or a lower --min-views")
     check_mesh_output(out)
-    with process_lock(out.parent / f".{out.name}.lock", f"the export {out}"):
-        scratch = Scratch(out.parent / f".{out.name}.views")
-        try:
-            render_depth_maps(loaded, views, scratch)
-            vol, dropped = _fuse(loaded, views, scratch, opts)
-        finally:
-            scratch.remove()
+    with locked_scratch(out) as scratch:
+        render_depth_maps(loaded, views, scratch)
+        vol, dropped = _fuse(loaded, views, scratch, opts)
         vertices, faces, colors, culled = extract(vol, opts.min_views)
         mesh = trimesh.Trimesh(vertices, faces, vertex_colors=colors, process=False)
         mesh.merge_vertices()  # the vertices blocks share on their faces
@@ -281,18 +262,11 @@ def export_mesh(loaded: LoadedRun, out: Path, opts: MeshOptions | None = None) -
 def _fuse(loaded: LoadedRun, views: list[View], scratch: Scratch, opts: MeshOptions) -> tuple[BlockVolume, int]:
     """The volume of the views' confirmed surface: pass 1 finds the box and the pixels to fuse, pass 2 the
     blocks, pass 3 fuses. Returns the volume and the number of opaque pixels dropped as unconfirmed."""
-    near_views = neighbours_of(np.array([v.c2w[:, 3] for v in views]), opts.neighbours)
-    from .points import PointOptions
-
     check = PointOptions(min_opacity=opts.min_opacity, tolerance=opts.tolerance, neighbours=opts.neighbours,
                          min_agree=opts.min_views - 1, bound=opts.bound)
     lo, hi, dropped = np.full(3, np.inf), np.full(3, -np.inf), 0
     with progress_bar("checking depth", len(views), "views") as bar:
-        for i, view in enumerate(views):
-            d = scratch.load(i)
-            xyz = unproject(d["depth"], view.K, view.c2w)
-            idx, opaque = agreeing_pixels(xyz, d, [(views[j], scratch.load(int(j))) for j in near_views[i]],
-                                          loaded.cfg.data.far, check)
+        for i, view, d, xyz, idx, opaque in confirmed_pixels(views, scratch, loaded.cfg.data.far, check):
             dropped += opaque - len(idx)
             valid = np.zeros(d["depth"].size, bool)
             valid[idx] = True

@@ -32,11 +32,9 @@ PLY_COMMENT = "comment written by mip360 export"
 
 
 @dataclass
-class PointOptions:
-    """How ``mip360 export`` turns depth maps into points (the command's options, same names)."""
+class DepthOptions:
+    """What both exports take from the depth maps (the command's options, same names)."""
 
-    points: int = 1_000_000
-    """At most this many points (a random subset)."""
     split: str = "train"
     """Views to take depth from: train | test | all."""
     ratio: float | None = None
@@ -44,27 +42,54 @@ class PointOptions:
     min_opacity: float = 0.9
     tolerance: float = 0.01
     neighbours: int = 4
-    min_agree: int = 1
     bound: float = 1.0
-    normals: bool = False
     normalized: bool = False
+
+
+@dataclass
+class PointOptions(DepthOptions):
+    """How ``mip360 export`` turns depth maps into points."""
+
+    points: int = 1_000_000
+    """At most this many points (a random subset)."""
+    min_agree: int = 1
+    normals: bool = False
     seed: int = 0
 
     def check(self) -> None:
         """One UserError for the first value out of its range."""
         checks = [
-            (self.split in ("train", "test", "all"), f"--split {self.split!r}: choose train, test or all"),
+            *depth_checks(self),
             (1 <= self.points <= 10**9, f"--points must be >= 1 (and at most 1e9), got {self.points}"),
-            (0 <= self.min_opacity <= 1, f"--min-opacity must be in [0, 1], got {self.min_opacity}"),
-            (self.tolerance > 0, f"--tolerance must be > 0, got {self.tolerance}"),
-            (1 <= self.neighbours <= 64, f"--neighbours must be from 1 to 64, got {self.neighbours}"),
             (0 <= self.min_agree <= 64, f"--min-agree must be from 0 (no check) to 64, got {self.min_agree}"),
-            (self.ratio is None or 0 < self.ratio <= 4, f"--ratio must be in (0, 4], got {self.ratio}"),
             (self.bound >= 0, f"--bound must be >= 0 (0: no limit), got {self.bound}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+
+
+def depth_checks(opts: DepthOptions) -> list[tuple[bool, str]]:
+    """The range checks of the options both exports share (split, ratio, opacity, tolerance, neighbours):
+    (ok, message) pairs."""
+    return [
+        (opts.split in ("train", "test", "all"), f"--split {opts.split!r}: choose train, test or all"),
+        (opts.ratio is None or 0 < opts.ratio <= 4, f"--ratio must be in (0, 4], got {opts.ratio}"),
+        (0 <= opts.min_opacity <= 1, f"--min-opacity must be in [0, 1], got {opts.min_opacity}"),
+        (opts.tolerance > 0, f"--tolerance must be > 0, got {opts.tolerance}"),
+        (1 <= opts.neighbours <= 64, f"--neighbours must be from 1 to 64, got {opts.neighbours}"),
+    ]
+
+
+def export_views(loaded: LoadedRun, split: str, ratio: float | None) -> list[View]:
+    """The views an export takes depth from: the ``split`` (train, test, or all: both, when any is held
+    out) at ``ratio``."""
+    views: list[View] = []
+    for part in (("train", "test") if split == "all" else (split,)):
+        if part == "test" and split == "all" and len(loaded.test) == 0:
+            continue
+        views += loaded.views(part, ratio)
+    return views
 
 
 @dataclass
@@ -186,21 +211,13 @@ def export_points(loaded: LoadedRun, out: Path, opts: PointOptions | None = None
     """
     opts = opts or PointOptions()
     opts.check()
-    views: list[View] = []
-    for part in (("train", "test") if opts.split == "all" else (opts.split,)):
-        if part == "test" and opts.split == "all" and len(loaded.test) == 0:
-            continue
-        views += loaded.views(part, opts.ratio)
+    views = export_views(loaded, opts.split, opts.ratio)
     if len(views) < 2 and opts.min_agree > 0:
         raise UserError(f"the {opts.split} split has {len(views)} view(s); the depth check needs at least 2",
                         hint="use --split all, or --min-agree 0 to keep unchecked points")
     check_output(out)
-    with process_lock(out.parent / f".{out.name}.lock", f"the export {out}"):
-        scratch = Scratch(out.parent / f".{out.name}.views")
-        try:
-            xyz, rgb, nrm, candidates, dropped = _points(loaded, views, scratch, opts)
-        finally:
-            scratch.remove()
+    with locked_scratch(out) as scratch:
+        xyz, rgb, nrm, candidates, dropped = _points(loaded, views, scratch, opts)
         write_ply(out, xyz.astype(np.float32), rgb, None if nrm is None else nrm.astype(np.float32),
                   opts.normalized)
     frame = ("the normalized scene" if opts.normalized
@@ -227,16 +244,11 @@ def _points(loaded: LoadedRun, views: list[View], scratch: "Scratch", opts: Poin
     xyz (N, 3), rgb (N, 3) uint8, normals (N, 3) or None, how many passed before the subset, and how many
     opaque pixels were dropped as floaters (their depth not confirmed by enough views)."""
     render_depth_maps(loaded, views, scratch)
-    near_views = neighbours_of(np.array([v.c2w[:, 3] for v in views]), opts.neighbours)
     per_view = -(-2 * opts.points // len(views))  # a bounded random share of each view's points
     rng = np.random.default_rng(opts.seed)
     kept_xyz, kept_rgb, kept_n, candidates, dropped = [], [], [], 0, 0
     with progress_bar("filtering points", len(views), "views") as bar:
-        for i, view in enumerate(views):
-            d = scratch.load(i)
-            xyz = unproject(d["depth"], view.K, view.c2w)
-            idx, opaque = agreeing_pixels(xyz, d, [(views[j], scratch.load(int(j))) for j in near_views[i]],
-                                          loaded.cfg.data.far, opts)
+        for i, view, d, xyz, idx, opaque in confirmed_pixels(views, scratch, loaded.cfg.data.far, opts):
             candidates += len(idx)
             dropped += opaque - len(idx)
             if len(idx) > per_view:
@@ -263,6 +275,18 @@ def _points(loaded: LoadedRun, views: list[View], scratch: "Scratch", opts: Poin
             nrm = nrm @ np.linalg.inv(inv[:3, :3])  # normals transform by the inverse transpose
             nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12)
     return xyz, rgb, nrm, candidates, dropped
+
+
+def confirmed_pixels(views: list[View], scratch: "Scratch", far: float, opts: PointOptions):
+    """For each view, with its depth maps in ``scratch``: ``(i, view, depth data, points (H, W, 3), flat indices
+    of the pixels its neighbours confirm, number of opaque pixels within the bound)``
+    (:func:`agreeing_pixels`)."""
+    near_views = neighbours_of(np.array([v.c2w[:, 3] for v in views]), opts.neighbours)
+    for i, view in enumerate(views):
+        d = scratch.load(i)
+        xyz = unproject(d["depth"], view.K, view.c2w)
+        idx, opaque = agreeing_pixels(xyz, d, [(views[j], scratch.load(int(j))) for j in near_views[i]], far, opts)
+        yield i, view, d, xyz, idx, opaque
 
 
 def agreeing_pixels(xyz: np.ndarray, d, neighbours: list, far: float, opts: PointOptions) -> tuple[np.ndarray, int]:
@@ -299,6 +323,18 @@ def check_output(out: Path) -> None:
         if PLY_COMMENT.encode() not in head:
             refuse_foreign(out.parent, [out.name], "mip360 overwrites only a point cloud it wrote",
                            hint="choose another --out, or move that file away")
+
+
+@contextlib.contextmanager
+def locked_scratch(out: Path):
+    """The export's lock on ``out`` (one export a file) and its scratch folder of depth maps beside it, removed
+    at the end whatever happens."""
+    with process_lock(out.parent / f".{out.name}.lock", f"the export {out}"):
+        scratch = Scratch(out.parent / f".{out.name}.views")
+        try:
+            yield scratch
+        finally:
+            scratch.remove()
 
 
 class Scratch:

@@ -198,9 +198,7 @@ def check_step_fits(cfg: Config, device: torch.device, shards: int) -> None:
     with the figure and a batch that fits."""
     tc, m = cfg.train, cfg.model
     per_shard = tc.batch_rays // shards
-    value_bytes = 2 if mlp_dtype(tc.precision, device) is not None else 4
-    fixed = training_bytes(m, 0, value_bytes, tc.recompute_proposal)
-    per_ray = training_bytes(m, 1, value_bytes, tc.recompute_proposal) - fixed
+    fixed, per_ray = step_bytes(cfg, device)
     fits = max(0, int((available_bytes(device) * 0.9 - fixed) // per_ray)) * shards
     require(fixed + per_ray * per_shard, device, f"a training step of {per_shard:,} rays per process with this "
             f"model ({parameter_count(m):,} parameters)",
@@ -490,9 +488,7 @@ class Trainer:
             peak = torch.cuda.max_memory_allocated(device)
         else:
             total, peak = available_bytes(device), 0
-        value_bytes = 2 if mlp_dtype(tc.precision, device) is not None else 4
-        fixed = training_bytes(self.cfg.model, 0, value_bytes, tc.recompute_proposal)
-        per_ray = training_bytes(self.cfg.model, 1, value_bytes, tc.recompute_proposal) - fixed
+        fixed, per_ray = step_bytes(self.cfg, device)
         # what the estimate says fits in 80% of the device, below the batch that did not fit
         fits = int(max(0, total * 0.8 - fixed) // per_ray)
         fits = min(fits, self.per_shard // 2)

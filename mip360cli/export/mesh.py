@@ -194,13 +194,15 @@ class BlockVolume:
 
 def band_keys(vol: BlockVolume, xyz: np.ndarray, camera: np.ndarray, trunc: float) -> np.ndarray:
     """Keys of the blocks that the truncation band around surface points ``xyz`` (N, 3) seen from
-    ``camera`` (3,) passes through (sampled along each ray every half voxel), inside the box."""
+    ``camera`` (3,) passes through, inside the box: points along each ray every voxel, a voxel beyond the
+    band either side (the band is fused in z-depth, a little longer along an oblique ray)."""
     if len(xyz) == 0:
         return np.zeros(0, np.int64)
     ray = xyz - camera
     ray /= np.maximum(np.linalg.norm(ray, axis=1, keepdims=True), 1e-12)
     keys = []
-    for offset in np.arange(-trunc, trunc + 1e-9, max(vol.voxel * BLOCK / 2, 1e-12)):
+    step = max(vol.voxel, 1e-12)
+    for offset in np.arange(-trunc - step, trunc + step + 1e-9, step):
         cell = np.floor((xyz + offset * ray - vol.lo) / vol.voxel).astype(np.int64)
         ok = np.all((cell >= 0) & (cell < vol.dims), axis=1)
         keys.append(np.unique(vol.key(cell[ok] // BLOCK)))

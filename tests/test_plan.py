@@ -85,7 +85,7 @@ def test_every_run_prints_its_plan_after_the_first_timed_steps(scene_copy, capsy
 
 def test_a_time_budget_ends_in_time_with_the_whole_schedule_and_resumes_to_the_planned_step(scene_copy, tmp_path):
     """``--time 60s`` (tiny preset, CPU): SIGTERM half way, run again: it ends at the planned step, at lr_final,
-    having trained within 15% of 60 s in all."""
+    within 15% of 60 s in all (the budget's clock: both commands from their start)."""
     run = tmp_path / "run"
     args = [sys.executable, "-m", "mip360cli", "train", str(scene_copy("colmap")), "--run", str(run), "--config",
             "tiny", "--time", "60s", "train.val_every=0", "train.log_every=10"]
@@ -95,21 +95,25 @@ def test_a_time_budget_ends_in_time_with_the_whole_schedule_and_resumes_to_the_p
         lines.append(line)
         if line.startswith("plan for the time budget of 60 s"):
             break
-    planned = int(lines[-1].split(": ")[1].split(" steps")[0].replace(",", ""))
+    first_plan = int(lines[-1].split(": ")[1].split(" steps")[0].replace(",", ""))
     time.sleep(20)
     first.send_signal(signal.SIGTERM)
     rest = first.stderr.read()
     assert first.wait(timeout=120) != 0 and "interrupted at step" in rest, rest
     second = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
-    assert f"following the plan made for the time budget of 60 s: {planned:,} steps" in second.stderr
+    assert "following the plan made for the time budget of 60 s" in second.stderr
     state = torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=True)
-    assert state["step"] == planned and state["plan"]["max_steps"] == planned
+    # the plan in effect (set again from the step rate until 80% of the way, as the machine's speed changes)
+    planned = state["plan"]["max_steps"]
+    assert state["step"] == planned and abs(planned - first_plan) < 0.5 * first_plan, (first_plan, planned)
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if "lr" in r][-1]
     assert last["step"] == planned and last["lr"] == pytest.approx(state["config"]["train"]["lr_final"], rel=0.01)
-    print(f"\nbudget 60 s: {planned} steps, trained {state['train_seconds']:.1f} s over two processes")
-    assert abs(state["train_seconds"] - 60) < 0.15 * 60, state["train_seconds"]
+    # the budget's clock: both commands from their start (setup included), as the user waits for them
+    print(f"\nbudget 60 s: {planned} steps, {state['budget_seconds']:.1f} s of the budget's clock over two "
+          f"processes ({state['train_seconds']:.1f} s of them in training steps)")
+    assert abs(state["budget_seconds"] - 60) < 0.15 * 60, (state["budget_seconds"], state["train_seconds"])
 
 
 def test_batch_auto_takes_what_fits_scales_the_rates_and_keeps_them_on_resume(scene_copy, capsys, tmp_path,

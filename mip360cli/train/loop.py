@@ -291,6 +291,7 @@ class Trainer:
         self.start_step, self.nonfinite_total = 0, 0
         self.seconds_before = 0.0  # training time of the run before this process (its checkpoint's)
         self.process_start = time.perf_counter()
+        self.budget_before = 0.0  # the time budget's clock: the commands' time on the run before this process
         self.budget = parse_duration(cfg.train.time_budget) if cfg.train.time_budget else 0.0
         self.plan: dict | None = None  # the time budget's plan (max_steps), from the checkpoint or made here
 
@@ -383,6 +384,7 @@ class Trainer:
                                     "before, or start over with --restart") from None
         self.start_step, self.nonfinite_total = state["step"], state.get("nonfinite_total", 0)
         self.seconds_before = float(state.get("train_seconds", 0.0))
+        self.budget_before = float(state.get("budget_seconds", self.seconds_before))
         plan = state.get("plan")
         if isinstance(plan, dict) and isinstance(plan.get("max_steps"), int) and plan["max_steps"] >= 1:
             self.plan = plan
@@ -578,7 +580,7 @@ class Trainer:
         state_bytes = 16 * sum(p.numel() for p in self.model.parameters())  # weights and Adam moments, fp32
         ckpt_s = 0.5 + state_bytes / 200e6  # written at 200 MB/s at least
         figures = torch.tensor([seconds_per_step, val_s, ckpt_s,
-                                self.seconds_before + time.perf_counter() - self.process_start],
+                                self.budget_seconds()],
                                dtype=torch.float64, device=self.device)
         if self.env.enabled:  # the slowest process's figures, so that every process plans the same steps
             figures = -figures
@@ -596,6 +598,27 @@ class Trainer:
             warn(f"the time budget of {format_duration(self.budget)} is spent by the start: training ends at "
                  f"step {planned}")
         self._save()
+
+    def _replan(self, seconds_per_step: float) -> None:
+        """Follow the machine's speed: until 80% of the planned steps, set ``max_steps`` again from the recent
+        step rate when it moves the end by more than 1% (one process; several keep the first plan). The plan in
+        the checkpoints is the one in effect."""
+        tc, plan = self.cfg.train, self.plan
+        if self.step >= 0.8 * tc.max_steps:
+            return
+        ckpt_s, val_s = plan["checkpoint_s"], plan["validation_s"]
+        per_step = seconds_per_step + ckpt_s / tc.checkpoint_every + (val_s / tc.val_every if tc.val_every else 0)
+        left = 0.97 * self.budget - self.budget_seconds() - ckpt_s - val_s
+        planned = max(self.step + 1, self.step + int(left // per_step))
+        if abs(planned - tc.max_steps) > 0.01 * tc.max_steps:
+            tc.max_steps = plan["max_steps"] = planned
+            plan["replanned_at_step"] = self.step
+            self.bar.set_total(planned)
+
+    def budget_seconds(self) -> float:
+        """The time budget's clock: the time of the commands that trained this run, from their start (setup
+        included), over all processes that resumed it."""
+        return self.budget_before + time.perf_counter() - self.process_start
 
     def _plan_line(self, seconds_per_step: float) -> str:
         tc = self.cfg.train
@@ -644,6 +667,8 @@ class Trainer:
         started, steps = self.window
         self.rays_per_s = steps * self.cfg.train.batch_rays / max(now - started, 1e-9)
         self.window = (now, 0)
+        if steps and self.plan is not None and self.budget and not self.env.enabled:
+            self._replan((now - started) / steps)
         loss, data, inter, distortion = terms
         record = {"loss": loss, "data": data, "interlevel": inter, "distortion": distortion, "psnr": self.last_psnr,
                   "lr": self.lr, "rays_per_s": round(self.rays_per_s, 1), "nonfinite": self.nonfinite_total}
@@ -659,6 +684,7 @@ class Trainer:
                 "config_hash": config_hash(self.cfg), "cache_fingerprint": self.fingerprint,
                 "nonfinite_total": self.nonfinite_total,
                 "train_seconds": self.seconds_before + time.perf_counter() - self.started,
+                "budget_seconds": self.budget_seconds(),
                 "reader": self.reader_position if not self.env.enabled else self.reader_position[0],
                 **({"plan": self.plan} if self.plan is not None else {}),
             }, self.cfg.train.keep_checkpoints)

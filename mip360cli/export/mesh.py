@@ -287,21 +287,19 @@ def _fuse(loaded: LoadedRun, views: list[View], scratch: Scratch, opts: MeshOpti
     lo = lo - trunc - voxel
     dims = np.ceil((hi + trunc + voxel - lo) / voxel).astype(np.int64)
     probe = BlockVolume(lo, voxel, dims, np.zeros(0, np.int64))
-    keys = []
+    per_view, union = [], np.zeros(0, np.int64)
     with progress_bar("allocating blocks", len(views), "views") as bar:
         for i, view in enumerate(views):
             d = scratch.load(i)
             xyz = unproject(d["depth"], view.K, view.c2w)[d["valid"]]
-            keys.append(band_keys(probe, xyz, view.c2w[:, 3], trunc))
-            keys = [np.unique(np.concatenate(keys))]  # bounded: the union so far
+            per_view.append(band_keys(probe, xyz, view.c2w[:, 3], trunc))  # kept: the fusion pass needs them
+            union = np.union1d(union, per_view[-1])
             bar.advance(1)
-    vol = BlockVolume(lo, voxel, dims, keys[0])
+    vol = BlockVolume(lo, voxel, dims, union)
     with progress_bar("fusing depth", len(views), "views") as bar:
         for i, view in enumerate(views):
             d = scratch.load(i)
-            xyz = unproject(d["depth"], view.K, view.c2w)[d["valid"]]
-            index = vol.find(band_keys(vol, xyz, view.c2w[:, 3], trunc))
-            vol.integrate(index[index >= 0], view, d["depth"], d["rgb"], d["valid"], trunc)
+            vol.integrate(vol.find(per_view[i]), view, d["depth"], d["rgb"], d["valid"], trunc)
             bar.advance(1)
     return vol, dropped
 
